@@ -1,0 +1,3 @@
+from crossderm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,14 @@
+"""User-facing errors: the CLI prints them as one line and exits non-zero, never as a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CrossdermError(Exception):
+    """A problem with the user's input or environment that the user can fix."""
+
+
+def at(path: str | Path, row: int | None = None) -> str:
+    """Location prefix ``file:row`` for messages; ``row`` is the 1-based line number in the file."""
+    return f"{path}:{row}" if row is not None else str(path)

@@ -1,0 +1,63 @@
+"""The harmonised label space and the ISIC 2019 -> HAM10000 mapping.
+
+All experiments score on the seven HAM10000 classes. ISIC 2019 has nine one-hot columns; by default
+AK and SCC both become ``akiec`` (HAM10000's ``akiec`` holds both actinic keratoses and intraepithelial
+carcinoma / SCC in situ) and UNK is dropped. A YAML/JSON file ``{ISIC_COLUMN: ham_class_or_null}`` overrides it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from crossderm.errors import CrossdermError
+
+CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+ISIC2019_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+DEFAULT_ISIC_TO_HAM: dict[str, str | None] = {
+    "MEL": "mel",
+    "NV": "nv",
+    "BCC": "bcc",
+    "AK": "akiec",
+    "SCC": "akiec",
+    "BKL": "bkl",
+    "DF": "df",
+    "VASC": "vasc",
+    "UNK": None,
+}
+
+
+def load_label_map(path: str | Path | None) -> dict[str, str | None]:
+    """Read a mapping override; every ISIC column must map to a HAM class or null (= drop)."""
+    if path is None:
+        return dict(DEFAULT_ISIC_TO_HAM)
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CrossdermError(f"{path}: cannot read label map ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CrossdermError(f"{path}: label map must be a mapping ISIC_COLUMN -> class or null")
+    mapping = dict(DEFAULT_ISIC_TO_HAM)
+    for key, value in raw.items():
+        if key not in ISIC2019_COLUMNS:
+            raise CrossdermError(f"{path}: unknown ISIC 2019 column {key!r} (expected one of {ISIC2019_COLUMNS})")
+        if value is not None and value not in CLASSES:
+            raise CrossdermError(f"{path}: {key} -> {value!r} is not one of {CLASSES} or null")
+        mapping[key] = value
+    return mapping
+
+
+def ham_to_isic_columns(mapping: dict[str, str | None]) -> dict[str, str]:
+    """Inverse map used to write ISIC-format outputs: each HAM class goes to its first ISIC column."""
+    inverse: dict[str, str] = {}
+    for column, cls in mapping.items():
+        if cls is not None and cls not in inverse:
+            inverse[cls] = column
+    return inverse
+
+
+def describe_label_map(mapping: dict[str, str | None]) -> str:
+    return json.dumps(mapping)

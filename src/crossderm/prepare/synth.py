@@ -1,0 +1,637 @@
+"""Deterministic synthetic dermoscopy data in the exact official HAM10000 / ISIC 2019 download layouts.
+
+Why: the real images cannot ship with the package or its tests, yet every stage needs inputs with the
+official quirks (file names, CRLF vs LF, ``_downsampled`` ids, blank lesion ids, HAM10000 contained in
+ISIC 2019 under the same ids, bytes and lesion ids, several views per lesion) plus a class signal that is
+learnable but not trivial and a genuine acquisition-site shift, so that cross-dataset experiments behave
+qualitatively like the real ones. Every random draw comes from a numpy generator keyed by
+``(seed, site, lesion, view)``, so one seed and one set of sizes always give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import cmath
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from crossderm.errors import CrossdermError
+from crossderm.fsutil import atomic_directory
+from crossderm.labels import CLASSES, ISIC2019_COLUMNS
+
+DEFAULT_HAM_LESIONS = 740
+DEFAULT_ISIC_LESIONS = 610
+JPEG_QUALITY = 90
+
+HAM_DIR = "HAM10000"
+HAM_METADATA = "HAM10000_metadata.csv"
+HAM_PARTS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
+ISIC_DIR = "ISIC2019"
+ISIC_GT = "ISIC_2019_Training_GroundTruth.csv"
+ISIC_METADATA = "ISIC_2019_Training_Metadata.csv"
+ISIC_INPUT = "ISIC_2019_Training_Input"
+
+# Image-id ranges of the real release: MSK/archive below HAM10000, HAM10000 from 24306, BCN20000 above.
+_MSK_FIRST_ID, _HAM_FIRST_ID, _BCN_FIRST_ID = 0, 24306, 53000
+_HAM_ID_SPAN, _HAM_LESION_SPAN = 10015, 7629
+
+# Class priors: HAM10000 as released; the ISIC-only sites like ISIC 2019 minus HAM10000 (BCN-heavy).
+_PRIORS: dict[str, dict[str, float]] = {
+    "ham": {"nv": 0.67, "mel": 0.111, "bkl": 0.11, "bcc": 0.051, "akiec": 0.033, "vasc": 0.014, "df": 0.011},
+    "bcn": {"mel": 0.24, "nv": 0.33, "bcc": 0.22, "bkl": 0.10, "akiec": 0.095, "df": 0.008, "vasc": 0.007},
+    "msk": {"mel": 0.18, "nv": 0.57, "bcc": 0.09, "bkl": 0.10, "akiec": 0.04, "df": 0.01, "vasc": 0.01},
+}
+# Share of akiec lesions labelled AK (rest SCC) in ISIC 2019: 130/327 for HAM10000, 737/1168 elsewhere.
+_AK_SHARE = {"ham": 0.4, "bcn": 0.63, "msk": 0.63}
+_HAM_TO_ISIC = {"mel": "MEL", "nv": "NV", "bcc": "BCC", "bkl": "BKL", "df": "DF", "vasc": "VASC"}
+# Probability of 1, 2, 3, ... views of one lesion (HAM10000: 1.34 images per lesion on average).
+_VIEWS = {"ham": (0.74, 0.19, 0.065, 0.005), "bcn": (0.35, 0.4, 0.25), "msk": (0.95, 0.05)}
+_BCN_LESION_SHARE = 0.7
+_MSK_DOWNSAMPLED, _MSK_BLANK_LESION = 0.5, 0.6
+
+# HAM10000 sub-sources and their real images per class (vidir_molemax, vidir_modern, rosendahl, vienna_dias).
+_HAM_DATASETS = ("vidir_molemax", "vidir_modern", "rosendahl", "vienna_dias")
+_HAM_DATASET_COUNTS = {
+    "akiec": (0, 32, 295, 0), "bcc": (2, 211, 296, 5), "bkl": (124, 475, 490, 10), "df": (30, 51, 30, 4),
+    "mel": (24, 680, 342, 67), "nv": (3720, 1832, 803, 350), "vasc": (54, 82, 3, 3),
+}
+_HAM_ROW_ORDER = ("bkl", "df", "mel", "vasc", "bcc", "nv", "akiec")
+_DX_TYPES = {
+    "akiec": {"histo": 1.0}, "bcc": {"histo": 1.0}, "mel": {"histo": 1.0},
+    "bkl": {"histo": 0.7, "consensus": 0.24, "confocal": 0.06}, "df": {"histo": 0.48, "consensus": 0.52},
+    "nv": {"follow_up": 0.55, "histo": 0.37, "consensus": 0.08}, "vasc": {"histo": 0.47, "consensus": 0.53},
+}
+_MEAN_AGE = {"akiec": 67, "bcc": 66, "bkl": 64, "df": 52, "mel": 61, "nv": 47, "vasc": 52}
+# HAM10000 localization -> ISIC 2019 anatom_site_general (blank where ISIC has none), with real frequencies.
+_LOCALIZATIONS = {
+    "back": ("posterior torso", 2192), "lower extremity": ("lower extremity", 2077), "trunk": ("", 1404),
+    "upper extremity": ("upper extremity", 1118), "abdomen": ("anterior torso", 1022), "face": ("head/neck", 745),
+    "chest": ("anterior torso", 407), "foot": ("lower extremity", 319), "unknown": ("", 234),
+    "neck": ("head/neck", 168), "scalp": ("head/neck", 128), "hand": ("upper extremity", 90),
+    "ear": ("head/neck", 56), "genital": ("", 48), "acral": ("palms/soles", 7),
+}
+_ISIC_SITES = {
+    "anterior torso": 6915, "lower extremity": 4990, "head/neck": 4587, "upper extremity": 2910,
+    "posterior torso": 2787, "": 2631, "palms/soles": 398, "oral/genital": 59, "lateral torso": 54,
+}
+
+
+@dataclass(frozen=True)
+class _Style:
+    """How one acquisition site photographs a lesion (applied in output-pixel space)."""
+
+    size: tuple[int, int]
+    zoom: tuple[float, float]
+    cast: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    brightness: float = 1.0
+    contrast: float = 1.0
+    blur: float = 0.0
+    noise: float = 0.008
+    vignette: float = 0.0
+
+
+_HAM_SIZE = (160, 120)
+_STYLES = {
+    "vidir_molemax": _Style(_HAM_SIZE, (0.95, 1.2), cast=(1.0, 0.99, 0.98), brightness=1.03),
+    "vidir_modern": _Style(_HAM_SIZE, (0.95, 1.2)),
+    "rosendahl": _Style(_HAM_SIZE, (0.95, 1.2), cast=(1.03, 0.98, 0.97), contrast=1.06),
+    "vienna_dias": _Style(_HAM_SIZE, (0.95, 1.2), cast=(0.98, 0.99, 1.02), brightness=0.97, blur=0.7, noise=0.015),
+    "bcn": _Style((192, 192), (1.1, 1.4), cast=(0.9, 0.97, 1.1), brightness=0.97, contrast=0.92, blur=1.0,
+                  vignette=0.47),
+    "msk": _Style((224, 168), (0.95, 1.1), cast=(1.1, 1.0, 0.84), brightness=1.04, contrast=1.08, noise=0.03),
+}
+_SITE_CODES = {"ham": 1, "bcn": 2, "msk": 3}
+
+# Lesion frame: the canvas spans [-_EXTENT, _EXTENT] units; a view spans 2/zoom units across its width.
+_EXTENT = 1.6
+_CANVAS = 256
+_MAX_SHIFT = 0.15
+
+
+@dataclass
+class _Lesion:
+    site: str
+    dx: str
+    label: str
+    style: str
+    n_views: int
+    lesion_id: str = ""
+    downsampled: bool = False
+    image_ids: list[str] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+def generate(
+    out_dir: str | Path,
+    *,
+    ham_lesions: int = DEFAULT_HAM_LESIONS,
+    isic_lesions: int = DEFAULT_ISIC_LESIONS,
+    seed: int = 0,
+    min_per_class: int = 6,
+    image_scale: float = 1.0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the synthetic HAM10000/ and ISIC2019/ folders under ``out_dir`` atomically; return counts.
+
+    ``ham_lesions`` HAM10000 lesions (about 1.35 images each) are also ISIC 2019 rows; ``isic_lesions``
+    ISIC-only lesions are split 70/30 between a BCN-like and an MSK-like site. Every class gets at least
+    ``min_per_class`` lesions per site (fewer only when a site is too small). ``image_scale`` scales all
+    image sizes.
+    """
+    if ham_lesions < len(CLASSES) or isic_lesions < 2 * len(CLASSES):
+        raise CrossdermError(f"need at least {len(CLASSES)} HAM and {2 * len(CLASSES)} ISIC-only lesions")
+    if not 0.25 <= image_scale <= 4:
+        raise CrossdermError(f"image scale {image_scale} is outside 0.25..4")
+    if seed < 0:
+        raise CrossdermError(f"seed must be >= 0, got {seed}")
+    n_msk = max(len(CLASSES), round((1 - _BCN_LESION_SHARE) * isic_lesions))
+    sizes = {"ham": ham_lesions, "bcn": isic_lesions - n_msk, "msk": n_msk}
+    lesions = {site: _plan_site(site, n, seed, min_per_class) for site, n in sizes.items()}
+    with atomic_directory(out_dir, overwrite=overwrite) as staging:
+        _write_images(staging, lesions, seed, image_scale)
+        _write_tables(staging, lesions)
+    return _summary(Path(out_dir), seed, lesions)
+
+
+# ----------------------------------------------------------------------------------------------- planning
+def _class_counts(prior: dict[str, float], n: int, minimum: int) -> dict[str, int]:
+    """Largest-remainder allocation of ``n`` lesions, with every class raised to a floor."""
+    floor = min(minimum, n // len(CLASSES))
+    total = sum(prior.values())
+    raw = {c: prior[c] * n / total for c in CLASSES}
+    counts = {c: max(floor, int(raw[c])) for c in CLASSES}
+    while sum(counts.values()) < n:
+        counts[max(CLASSES, key=lambda c: raw[c] - counts[c])] += 1
+    while sum(counts.values()) > n:
+        counts[max((c for c in CLASSES if counts[c] > floor), key=lambda c: counts[c] - raw[c])] -= 1
+    return counts
+
+
+def _choice(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    keys = list(weights)
+    p = np.array([weights[k] for k in keys], dtype=float)
+    return keys[int(rng.choice(len(keys), p=p / p.sum()))]
+
+
+def _distinct(rng: np.random.Generator, first: int, span: int, n: int, limit: int) -> list[int]:
+    """``n`` distinct random integers from ``first`` on, in random order, never reaching ``limit``."""
+    span = min(max(span, 2 * n), limit - first)
+    if n > span:
+        raise CrossdermError(f"too many images/lesions for the id range {first}..{limit - 1}; use fewer lesions")
+    return [first + int(i) for i in rng.choice(span, size=n, replace=False)]
+
+
+def _plan_site(site: str, n: int, seed: int, min_per_class: int) -> list[_Lesion]:
+    rng = np.random.default_rng([seed, _SITE_CODES[site], 0])
+    counts = _class_counts(_PRIORS[site], n, min_per_class)
+    dxs = [dx for dx in CLASSES for _ in range(counts[dx])]
+    dxs = [dxs[i] for i in rng.permutation(len(dxs))]
+    views = _VIEWS[site]
+    lesions = []
+    for dx in dxs:
+        label = _HAM_TO_ISIC.get(dx) or ("AK" if rng.random() < _AK_SHARE[site] else "SCC")
+        style = site
+        if site == "ham":
+            style = _choice(rng, dict(zip(_HAM_DATASETS, _HAM_DATASET_COUNTS[dx], strict=True)))
+        n_views = 1 + int(rng.choice(len(views), p=np.array(views) / sum(views)))
+        lesions.append(_Lesion(site, dx, label, style, n_views))
+    n_images = sum(lesion.n_views for lesion in lesions)
+    if site == "ham":
+        ids = _distinct(rng, _HAM_FIRST_ID, _HAM_ID_SPAN, n_images, _BCN_FIRST_ID)
+        lesion_numbers = _distinct(rng, 0, _HAM_LESION_SPAN, n, 10**7)
+        prefix = "HAM_"
+    elif site == "bcn":
+        ids = _distinct(rng, _BCN_FIRST_ID, 20000, n_images, 10**7)
+        lesion_numbers = _distinct(rng, 1, 5000, n, 10**7)
+        prefix = "BCN_"
+    else:
+        ids = _distinct(rng, _MSK_FIRST_ID, 16073, n_images, _HAM_FIRST_ID)
+        lesion_numbers = _distinct(rng, 11000, 1000, n, 10**7)
+        prefix = "MSK4_"
+    for lesion, number in zip(lesions, lesion_numbers, strict=True):
+        lesion.lesion_id = f"{prefix}{number:07d}"
+        if site == "msk":
+            lesion.downsampled = bool(rng.random() < _MSK_DOWNSAMPLED)
+            if lesion.n_views == 1 and rng.random() < _MSK_BLANK_LESION:
+                lesion.lesion_id = ""
+        suffix = "_downsampled" if lesion.downsampled else ""
+        lesion.image_ids = [f"ISIC_{ids.pop():07d}{suffix}" for _ in range(lesion.n_views)]
+        lesion.meta = _metadata(rng, site, lesion.dx)
+    return lesions
+
+
+def _metadata(rng: np.random.Generator, site: str, dx: str) -> dict[str, str]:
+    """Lesion-level patient fields, shared by all views as in the real files."""
+    age = int(np.clip(round((_MEAN_AGE[dx] + 15 * rng.standard_normal()) / 5) * 5, 0, 85))
+    age_missing = rng.random() < (0.006 if site == "ham" else 0.02)
+    sex = _choice(rng, {"male": 0.54, "female": 0.454, "unknown": 0.006 if site == "ham" else 0.015})
+    if site == "ham":
+        localization = _choice(rng, {k: v[1] for k, v in _LOCALIZATIONS.items()})
+        return {
+            "dx_type": _choice(rng, _DX_TYPES[dx]),
+            "age": "" if age_missing else f"{age}.0",
+            "age_approx": "" if age_missing else str(age),
+            "sex": sex,
+            "isic_sex": "" if sex == "unknown" else sex,
+            "localization": localization,
+            "anatom_site_general": _LOCALIZATIONS[localization][0],
+        }
+    return {
+        "age_approx": "" if age_missing else str(age),
+        "isic_sex": "" if sex == "unknown" else sex,
+        "anatom_site_general": _choice(rng, {k: float(v) for k, v in _ISIC_SITES.items()}),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _write_images(root: Path, lesions: dict[str, list[_Lesion]], seed: int, scale: float) -> None:
+    isic_dir = root / ISIC_DIR / ISIC_INPUT
+    ham_ids = sorted(i for lesion in lesions["ham"] for i in lesion.image_ids)
+    part_of = {image_id: HAM_PARTS[k * 2 >= len(ham_ids)] for k, image_id in enumerate(ham_ids)}
+    for directory in [isic_dir, *(root / HAM_DIR / part for part in HAM_PARTS)]:
+        directory.mkdir(parents=True)
+    canvas_size = round(_CANVAS * scale)
+    for site, site_lesions in lesions.items():
+        for index, lesion in enumerate(site_lesions):
+            canvas = _render_lesion(lesion.dx, np.random.default_rng([seed, _SITE_CODES[site], 1, index]),
+                                    canvas_size)
+            for view, image_id in enumerate(lesion.image_ids):
+                rng = np.random.default_rng([seed, _SITE_CODES[site], 2, index, view])
+                data = _photograph(canvas, _STYLES[lesion.style], rng, scale, lesion.downsampled)
+                (isic_dir / f"{image_id}.jpg").write_bytes(data)
+                if site == "ham":
+                    (root / HAM_DIR / part_of[image_id] / f"{image_id}.jpg").write_bytes(data)
+
+
+def _write_tables(root: Path, lesions: dict[str, list[_Lesion]]) -> None:
+    ham_rows = ["lesion_id,image_id,dx,dx_type,age,sex,localization,dataset"]
+    for dx in _HAM_ROW_ORDER:
+        for lesion in (lesion for lesion in lesions["ham"] if lesion.dx == dx):
+            m = lesion.meta
+            ham_rows += [
+                f"{lesion.lesion_id},{i},{dx},{m['dx_type']},{m['age']},{m['sex']},{m['localization']},{lesion.style}"
+                for i in lesion.image_ids
+            ]
+    (root / HAM_DIR / HAM_METADATA).write_text("\n".join(ham_rows) + "\n", newline="")
+    gt, meta = {}, {}
+    for lesion in (lesion for site in lesions.values() for lesion in site):
+        onehot = ",".join("1.0" if column == lesion.label else "0.0" for column in ISIC2019_COLUMNS)
+        m = lesion.meta
+        for image_id in lesion.image_ids:
+            gt[image_id] = f"{image_id},{onehot}"
+            meta[image_id] = f"{image_id},{m['age_approx']},{m['anatom_site_general']},{lesion.lesion_id},{m['isic_sex']}"
+    ids = sorted(gt)
+    gt_rows = ["image," + ",".join(ISIC2019_COLUMNS), *(gt[i] for i in ids)]
+    meta_rows = ["image,age_approx,anatom_site_general,lesion_id,sex", *(meta[i] for i in ids)]
+    (root / ISIC_DIR / ISIC_GT).write_text("\r\n".join(gt_rows) + "\r\n", newline="")
+    (root / ISIC_DIR / ISIC_METADATA).write_text("\r\n".join(meta_rows) + "\r\n", newline="")
+
+
+def _summary(out: Path, seed: int, lesions: dict[str, list[_Lesion]]) -> dict[str, Any]:
+    def site_summary(site_lesions: list[_Lesion]) -> dict[str, Any]:
+        return {
+            "lesions": len(site_lesions),
+            "images": sum(lesion.n_views for lesion in site_lesions),
+            "classes": {
+                dx: {
+                    "lesions": sum(lesion.dx == dx for lesion in site_lesions),
+                    "images": sum(lesion.n_views for lesion in site_lesions if lesion.dx == dx),
+                }
+                for dx in CLASSES
+            },
+        }
+
+    ham, msk = lesions["ham"], lesions["msk"]
+    sites = {site: site_summary(site_lesions) for site, site_lesions in lesions.items()}
+    sites["ham"]["datasets"] = {d: sum(x.n_views for x in ham if x.style == d) for d in _HAM_DATASETS}
+    sites["msk"]["downsampled_images"] = sum(x.n_views for x in msk if x.downsampled)
+    sites["msk"]["blank_lesion_id_images"] = sum(x.n_views for x in msk if not x.lesion_id)
+    return {
+        "out": str(out),
+        "seed": seed,
+        "ham_images": sites["ham"]["images"],
+        "isic_images": sum(s["images"] for s in sites.values()),
+        "isic_rows_from_ham": sites["ham"]["images"],
+        "sites": sites,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+RGB = tuple[float, float, float]
+_SKIN_LIGHT, _SKIN_DARK = (0.94, 0.79, 0.71), (0.70, 0.50, 0.38)
+_TAN, _LIGHT_BROWN, _BROWN = (0.74, 0.56, 0.38), (0.62, 0.42, 0.28), (0.45, 0.28, 0.17)
+_DARK_BROWN, _BLACK, _BLUE_GREY = (0.27, 0.16, 0.10), (0.11, 0.08, 0.08), (0.40, 0.46, 0.56)
+_PINK, _RED, _DARK_RED = (0.90, 0.62, 0.62), (0.72, 0.14, 0.18), (0.45, 0.08, 0.12)
+_PURPLE, _WHITE, _SCALE = (0.45, 0.16, 0.36), (0.94, 0.91, 0.88), (0.93, 0.90, 0.78)
+
+
+@lru_cache(maxsize=4)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    axis = np.linspace(-_EXTENT, _EXTENT, size, dtype=np.float32)
+    return np.meshgrid(axis, axis)
+
+
+class _Canvas:
+    """One lesion drawn in its own frame; every view of the lesion samples this same canvas."""
+
+    def __init__(self, rng: np.random.Generator, size: int) -> None:
+        self.rng, self.size = rng, size
+        self.u, self.v = _grid(size)
+        self.img = self.skin()
+
+    def noise(self, cells: float) -> np.ndarray:
+        """Smooth value noise with about ``cells`` features across the canvas (roughly unit variance)."""
+        n = max(2, round(cells))
+        grid = self.rng.standard_normal((n + 3, n + 3)).astype(np.float32)
+        image = Image.fromarray(grid).resize((self.size, self.size), Image.Resampling.BICUBIC,
+                                             box=(1, 1, n + 2, n + 2))
+        return np.asarray(image) * 1.4
+
+    def jitter(self, colour: RGB, amount: float = 0.07) -> np.ndarray:
+        return np.clip(np.asarray(colour, np.float32) * (1 + amount * self.rng.standard_normal(3)), 0, 1)
+
+    def paint(self, colour: RGB | np.ndarray, alpha: np.ndarray) -> None:
+        assert alpha.dtype == np.float32 and self.img.dtype == np.float32, (alpha.dtype, self.img.dtype)
+        change = np.asarray(colour, np.float32) - self.img
+        change *= np.clip(alpha, 0, 1)[..., None]
+        self.img += change
+
+    def skin(self) -> np.ndarray:
+        tone = self.rng.beta(2, 3)
+        base = (1 - tone) * np.asarray(_SKIN_LIGHT) + tone * np.asarray(_SKIN_DARK)
+        base = (base * (1 + 0.04 * self.rng.standard_normal(3))).astype(np.float32)
+        shade = 1 + 0.05 * self.noise(3) + 0.015 * self.noise(60)
+        img = base * shade[..., None]
+        img[..., 1:] *= (1 - 0.04 * np.clip(self.noise(7), 0, None))[..., None]
+        return img
+
+    def shape(self, radius: float, irregular: float, soft: float, elong: float = 0.85,
+              warp: float = 0.04) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised distance ``d`` (border at 1) and a soft mask of a lobed, domain-warped blob."""
+        rng = self.rng
+        cx, cy = (float(t) for t in rng.normal(0, 0.06, 2))
+        angle = rng.uniform(0, math.pi)
+        x, y = self.u - cx, self.v - cy
+        x, y = math.cos(angle) * x + math.sin(angle) * y, -math.sin(angle) * x + math.cos(angle) * y
+        y = y / rng.uniform(elong, 1.0)
+        r = np.hypot(x, y)
+        z = np.empty(r.shape, np.complex64)  # e^{i phi}
+        z.real, z.imag = x / np.maximum(r, 1e-6), y / np.maximum(r, 1e-6)
+        # border(phi) = 1 + sum_k a_k cos(k phi + p_k), evaluated as Re of a polynomial in e^{i phi} (Horner).
+        poly = np.zeros_like(z)
+        for k in range(7, 1, -1):
+            amplitude, phase = irregular * rng.standard_normal() / k**0.7, rng.uniform(0, 2 * math.pi)
+            poly = (poly + np.complex64(amplitude * cmath.exp(1j * phase))) * z
+        poly *= z
+        border = np.clip(1 + poly.real, 0.5, None)
+        d = r / (radius * border) + warp * self.noise(5)
+        return d, _smooth(1 + soft, 1 - soft, d)
+
+    def lines(self, cells: float, width: float) -> np.ndarray:
+        """A reticular mesh: the zero crossings of two independent value noises."""
+        return np.exp(-((np.minimum(abs(self.noise(cells)), abs(self.noise(cells))) / width) ** 2))
+
+    def dots(self, cells: float, threshold: float) -> np.ndarray:
+        return _smooth(threshold, threshold + 0.3, self.noise(cells))
+
+    def strokes(self, polylines: list[np.ndarray], width: float) -> np.ndarray:
+        """Anti-aliased thick polylines (vessels, hairs) given in canvas units, as an alpha map."""
+        scale = self.size / (2 * _EXTENT)
+        mask = Image.new("L", (self.size, self.size))
+        draw = ImageDraw.Draw(mask)
+        for points in polylines:
+            pixels = [(float(x), float(y)) for x, y in (points + _EXTENT) * scale]
+            draw.line(pixels, fill=255, width=max(1, round(width * scale)), joint="curve")
+        mask = mask.filter(ImageFilter.GaussianBlur(0.6))
+        return np.asarray(mask, np.float32) / 255
+
+    def hairs(self) -> None:
+        count = int(self.rng.integers(1, 7))
+        paths = []
+        for _ in range(count):
+            start = self.rng.uniform(-_EXTENT, _EXTENT, 2)
+            heading = self.rng.uniform(0, 2 * math.pi)
+            turn = self.rng.normal(0, 0.15)
+            steps = [start]
+            for k in range(6):
+                steps.append(steps[-1] + 0.35 * np.array([math.cos(heading + k * turn), math.sin(heading + k * turn)]))
+            paths.append(np.array(steps))
+        self.paint(self.jitter(_DARK_BROWN, 0.2) * 0.6, 0.9 * self.strokes(paths, self.rng.uniform(0.008, 0.016)))
+
+
+def _smooth(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - edge0) / (edge1 - edge0), 0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def _mix(a: RGB | np.ndarray, b: RGB | np.ndarray, t: float) -> np.ndarray:
+    return (1 - t) * np.asarray(a, np.float32) + t * np.asarray(b, np.float32)
+
+
+def _paint_nv(c: _Canvas) -> None:
+    """Benign naevus: round, regular, one uniform brown, fine regular network; some look atypical."""
+    rng = c.rng
+    atypical = rng.random() < 0.18
+    d, m = c.shape(rng.uniform(0.35, 0.8), 0.1 if atypical else 0.035, 0.07,
+                   elong=0.7 if atypical else 0.85, warp=0.06 if atypical else 0.025)
+    base = c.jitter(_mix(_LIGHT_BROWN, _DARK_BROWN, rng.uniform(0.35, 0.9) if atypical else rng.uniform(0, 0.7)))
+    profile = rng.uniform(-0.25, 0.35)
+    field = base * np.clip(1 - profile * (1 - d), 0.5, 1.3)[..., None]
+    c.paint(field, m * rng.uniform(0.7, 0.95))
+    if rng.random() < 0.6:
+        c.paint(base * 0.6, 0.35 * m * c.lines(rng.uniform(35, 55), 0.15))
+    if rng.random() < 0.3:
+        c.paint(base * 0.55, 0.7 * m * c.dots(rng.uniform(30, 45), 1.1))
+    if atypical:
+        c.paint(_mix(base, _DARK_BROWN, 0.6), 0.6 * m * _smooth(0.0, 0.6, c.noise(4)))
+
+
+def _paint_mel(c: _Canvas) -> None:
+    """Melanoma: asymmetric irregular border, several browns and black, blue-grey veil, atypical network."""
+    rng = c.rng
+    tame = rng.random() < 0.2
+    d, m = c.shape(rng.uniform(0.5, 0.92), 0.07 if tame else rng.uniform(0.12, 0.22), 0.05,
+                   elong=0.7, warp=0.04 if tame else rng.uniform(0.07, 0.14))
+    tilt = rng.uniform(0, 2 * math.pi)
+    regions = c.noise(4) + rng.uniform(-1, 1) * (c.u * math.cos(tilt) + c.v * math.sin(tilt))
+    light, dark = c.jitter(_LIGHT_BROWN), c.jitter(_mix(_DARK_BROWN, _BLACK, rng.uniform(0, 1)))
+    field = light + _smooth(-0.6, 0.6, regions)[..., None] * (dark - light)
+    c.paint(field, 0.92 * m)
+    if rng.random() < (0.2 if tame else 0.65):
+        angle, off = rng.uniform(0, 2 * math.pi), rng.uniform(0, 0.35)
+        veil = np.hypot(c.u - off * math.cos(angle), c.v - off * math.sin(angle)) + 0.05 * c.noise(6)
+        c.paint(c.jitter(_BLUE_GREY), 0.65 * m * _smooth(rng.uniform(0.25, 0.45), 0.1, veil))
+    if rng.random() < 0.6:
+        width = 0.2 + 0.1 * c.noise(5)
+        c.paint(c.jitter(_BLACK), 0.5 * m * np.exp(-((c.noise(rng.uniform(18, 30)) / width) ** 2)))
+    if rng.random() < 0.5:
+        c.paint(c.jitter(_DARK_BROWN) * 0.6, 0.8 * c.dots(40, 1.2) * _smooth(0.55, 0.75, d) * _smooth(1.1, 0.95, d))
+    if rng.random() < 0.35:
+        c.paint(c.jitter(_WHITE), 0.55 * m * _smooth(0.6, 1.1, c.noise(5)))
+
+
+def _paint_bcc(c: _Canvas) -> None:
+    """Basal cell carcinoma: pink translucent, arborising red vessels, blue-grey ovoid nests, ulceration."""
+    rng = c.rng
+    radius = rng.uniform(0.4, 0.85)
+    d, m = c.shape(radius, rng.uniform(0.05, 0.12), 0.18)
+    c.paint(c.jitter(_PINK), m * rng.uniform(0.4, 0.7) * (1 + 0.2 * c.noise(8)))
+    if rng.random() < 0.4:
+        c.paint(_WHITE, 0.45 * m * _smooth(0.5, 1.2, c.noise(10)))
+    if rng.random() < 0.7:
+        nests = np.zeros_like(d)
+        for _ in range(int(rng.integers(2, 7))):
+            r, a = radius * math.sqrt(rng.uniform(0, 0.6)), rng.uniform(0, 2 * math.pi)
+            size = radius * rng.uniform(0.08, 0.2)
+            dist = np.hypot(c.u - r * math.cos(a), (c.v - r * math.sin(a)) * rng.uniform(1, 2)) / size
+            nests = np.maximum(nests, _smooth(1.1, 0.8, dist))
+        c.paint(c.jitter(_BLUE_GREY) * 0.75, 0.8 * nests)
+    if rng.random() < 0.8:
+        vessels = c.strokes(_vessel_tree(rng, radius), rng.uniform(0.008, 0.022))
+        c.paint(c.jitter(_RED), rng.uniform(0.5, 0.95) * vessels * (d < 1.15))
+    if rng.random() < 0.25:
+        c.paint(c.jitter(_DARK_RED) * 0.8, 0.85 * m * _smooth(0.9, 1.3, c.noise(4)))
+
+
+def _vessel_tree(rng: np.random.Generator, radius: float) -> list[np.ndarray]:
+    """Branching, tapering vessel polylines starting inside the lesion."""
+    stack = []
+    for _ in range(int(rng.integers(2, 5))):
+        r, a = radius * rng.uniform(0, 0.7), rng.uniform(0, 2 * math.pi)
+        stack.append((np.array([r * math.cos(a), r * math.sin(a)]), rng.uniform(0, 2 * math.pi), 0.45 * radius, 0))
+    paths = []
+    while stack:
+        start, heading, length, depth = stack.pop()
+        bend = heading + rng.normal(0, 0.4)
+        mid = start + 0.5 * length * np.array([math.cos(heading), math.sin(heading)])
+        end = mid + 0.5 * length * np.array([math.cos(bend), math.sin(bend)])
+        paths.append(np.stack([start, mid, end]))
+        if depth < 3:
+            for sign in (-1, 1):
+                stack.append((end, bend + sign * rng.uniform(0.3, 0.9), length * 0.65, depth + 1))
+    return paths
+
+
+def _paint_akiec(c: _Canvas) -> None:
+    """Actinic keratosis / Bowen: ill-defined red-pink, rough scaly surface, strawberry pattern."""
+    rng = c.rng
+    d, m = c.shape(rng.uniform(0.45, 0.85), 0.08, 0.3, warp=0.08)
+    c.paint(c.jitter(_mix(_PINK, _RED, rng.uniform(0.2, 0.5))), 0.6 * m * (1 + 0.3 * c.noise(10)))
+    c.img *= (1 + 0.12 * m * c.noise(70))[..., None]
+    if rng.random() < 0.3:
+        c.paint(c.jitter(_LIGHT_BROWN), 0.55 * m * _smooth(0.0, 0.8, c.noise(4)))
+    c.paint(c.jitter(_SCALE, 0.04), rng.uniform(0.5, 0.9) * m * _smooth(0.3, 0.9, c.noise(rng.uniform(10, 18))))
+    if rng.random() < 0.6:
+        c.paint(_RED, 0.3 * m * c.lines(30, 0.2))
+        c.paint(_WHITE, 0.7 * m * c.dots(40, 1.1))
+    if rng.random() < 0.5:
+        c.paint(_DARK_RED, 0.8 * m * c.dots(55, 1.3))
+
+
+def _paint_bkl(c: _Canvas) -> None:
+    """Benign keratosis: sharp border, tan/light brown, waxy cerebriform ridges, milia and comedones."""
+    rng = c.rng
+    d, m = c.shape(rng.uniform(0.45, 0.9), rng.uniform(0.04, 0.1), 0.04)
+    dark = rng.random() < 0.3
+    base = c.jitter(_mix(_TAN, _BROWN, rng.uniform(0.4, 1.0) if dark else rng.uniform(0, 0.5)))
+    c.paint(base, 0.85 * m)
+    if rng.random() < 0.75:
+        sulci = np.exp(-((c.noise(rng.uniform(8, 16)) / rng.uniform(0.25, 0.45)) ** 2))
+        c.paint(base * 0.55, 0.55 * m * sulci)
+        c.paint(_mix(base, _WHITE, 0.35), 0.3 * m * (1 - sulci))
+    if rng.random() < 0.5:
+        c.paint(_SCALE, 0.85 * m * c.dots(35, 1.3))
+    if rng.random() < 0.5:
+        c.paint(_DARK_BROWN, 0.85 * m * _smooth(-1.3, -1.6, c.noise(35)))
+    if dark and rng.random() < 0.5:
+        c.paint(base * 0.6, 0.3 * m * c.lines(30, 0.15))
+
+
+def _paint_df(c: _Canvas) -> None:
+    """Dermatofibroma: small, light-brown delicate ring around a central white scar-like patch."""
+    rng = c.rng
+    radius = rng.uniform(0.3, 0.6)
+    d, m = c.shape(radius, 0.04, 0.15)
+    base = c.jitter(_mix(_LIGHT_BROWN, _PINK, rng.uniform(0, 0.5)))
+    c.paint(base, m * (0.3 + 0.45 * _smooth(0.3, 0.75, d)))
+    if rng.random() < 0.6:
+        c.paint(base * 0.65, 0.3 * m * _smooth(0.4, 0.8, d) * c.lines(35, 0.15))
+    if rng.random() < 0.9:
+        centre, _ = c.shape(radius * rng.uniform(0.35, 0.55), 0.15, 0.1, warp=0.1)
+        c.paint(c.jitter(_WHITE, 0.03), 0.85 * _smooth(1.2, 0.8, centre))
+
+
+def _paint_vasc(c: _Canvas) -> None:
+    """Vascular lesion: red to purple round lacunae (clods) separated by pale septa."""
+    rng = c.rng
+    radius = rng.uniform(0.3, 0.65)
+    d, m = c.shape(radius, 0.06, 0.07)
+    c.paint(c.jitter(_mix(_PINK, _WHITE, 0.3)), 0.7 * m)
+    count = int(rng.integers(6, 22))
+    r = (radius * np.sqrt(rng.uniform(0, 0.8, count))).tolist()
+    a = rng.uniform(0, 2 * math.pi, count).tolist()
+    sizes = (radius * rng.uniform(0.12, 0.3, count)).tolist()
+    colours = np.stack([_mix(_RED, _PURPLE, t) for t in rng.uniform(0, 1, count)])
+    colours *= rng.uniform(0.6, 1.1, (count, 1)).astype(np.float32)
+    gap = np.stack([np.hypot(c.u - r[k] * math.cos(a[k]), c.v - r[k] * math.sin(a[k])) - sizes[k] for k in range(count)])
+    nearest = gap.argmin(axis=0)
+    c.paint(colours[nearest], 0.95 * m * _smooth(0.02, -0.02, gap.min(axis=0)))
+
+
+_PAINTERS: dict[str, Callable[[_Canvas], None]] = {
+    "akiec": _paint_akiec, "bcc": _paint_bcc, "bkl": _paint_bkl, "df": _paint_df,
+    "mel": _paint_mel, "nv": _paint_nv, "vasc": _paint_vasc,
+}
+
+
+def _render_lesion(dx: str, rng: np.random.Generator, size: int) -> Image.Image:
+    """The lesion's own appearance (skin, lesion, hairs) on a square canvas in the lesion frame."""
+    c = _Canvas(rng, size)
+    _PAINTERS[dx](c)
+    if rng.random() < 0.3:
+        c.hairs()
+    return Image.fromarray((np.clip(c.img, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+def _photograph(canvas: Image.Image, style: _Style, rng: np.random.Generator, scale: float,
+                downsampled: bool) -> bytes:
+    """One view: rotate/shift/zoom the canvas, relight it, then apply the site's optics and sensor; JPEG."""
+    width, height = round(style.size[0] * scale), round(style.size[1] * scale)
+    zoom, theta = rng.uniform(*style.zoom), rng.uniform(0, 2 * math.pi)
+    tx, ty = np.clip(rng.normal(0, 0.07, 2), -_MAX_SHIFT, _MAX_SHIFT)
+    k = 2.0 / (width * zoom) * canvas.size[0] / (2 * _EXTENT)  # canvas pixels per output pixel
+    cos, sin = math.cos(theta) * k, math.sin(theta) * k
+    offset = canvas.size[0] / (2 * _EXTENT)
+    coeffs = (cos, -sin, (-cos * width + sin * height) / 2 + (tx + _EXTENT) * offset,
+              sin, cos, (-sin * width - cos * height) / 2 + (ty + _EXTENT) * offset)
+    view = canvas.transform((width, height), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
+    x = np.asarray(view, np.float32) / 255
+    yy, xx = np.mgrid[-1:1:height * 1j, -1:1:width * 1j].astype(np.float32)
+    xx *= width / height if width > height else 1.0
+    yy *= height / width if height > width else 1.0
+    slope = rng.uniform(0, 0.08)
+    angle = rng.uniform(0, 2 * math.pi)
+    light = 1 + slope * (xx * math.cos(angle) + yy * math.sin(angle))
+    gain = np.asarray(style.cast, np.float32) * style.brightness * (1 + rng.normal(0, 0.03, 3)) * rng.normal(1, 0.04)
+    x = x * light[..., None] * gain.astype(np.float32)
+    x = (x - 0.5) * style.contrast + 0.5
+    if style.vignette:
+        radius = np.hypot(xx, yy) / (2 * style.vignette)
+        x *= (_smooth(1.0, 0.93, radius) * (1 - 0.25 * radius**2))[..., None]
+    image = Image.fromarray((np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8))
+    if style.blur:
+        image = image.filter(ImageFilter.GaussianBlur(style.blur * scale))
+    x = np.asarray(image, np.float32) + rng.normal(0, style.noise * 255, (height, width, 3)).astype(np.float32)
+    image = Image.fromarray(np.clip(x + 0.5, 0, 255).astype(np.uint8))
+    if downsampled:
+        image = image.resize((width // 2, height // 2), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()

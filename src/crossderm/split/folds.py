@@ -1,0 +1,76 @@
+"""Lesion-grouped, stratified K-fold assignment per source.
+
+Images of one lesion are near-identical views; if they straddle folds the test fold leaks. Every image
+carries a ``lesion_group`` (its lesion id, or its own image id when it has none) and scikit-learn's
+``StratifiedGroupKFold`` keeps each group inside one fold while balancing the class mix.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from crossderm.errors import CrossdermError
+
+
+def lesion_groups(table: pd.DataFrame) -> pd.Series:
+    """``source:lesion_id``, or ``source:image_id`` for an image without a lesion id."""
+    key = table["lesion_id"].where(table["lesion_id"].fillna("") != "", table["image_id"])
+    return table["source"] + ":" + key
+
+
+def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.Series:
+    """Fold index per row, assigned independently within each source."""
+    if n_folds < 2:
+        raise CrossdermError(f"--folds must be at least 2, got {n_folds}")
+    folds = pd.Series(-1, index=table.index, dtype=int)
+    for source, part in table.groupby("source", sort=True):
+        n_groups = part["lesion_group"].nunique()
+        if n_groups < n_folds:
+            raise CrossdermError(f"source {source!r} has {n_groups} lesion groups, fewer than {n_folds} folds")
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        for fold, (_, test) in enumerate(splitter.split(np.zeros(len(part)), part["label"], part["lesion_group"])):
+            folds.loc[part.index[test]] = fold
+    check_grouped_folds(table.assign(fold=folds))
+    return folds
+
+
+def check_grouped_folds(table: pd.DataFrame) -> None:
+    """Fail loudly if any lesion group appears in two folds, or any row has no fold."""
+    if (table["fold"] < 0).any():
+        raise CrossdermError(f"{int((table['fold'] < 0).sum())} images were assigned no fold")
+    spread = table.groupby("lesion_group")["fold"].nunique()
+    leaking = spread[spread > 1]
+    if len(leaking):
+        raise CrossdermError(
+            f"lesion leakage: {len(leaking)} lesion groups span several folds, e.g. {leaking.index[0]!r}"
+        )
+
+
+def fold_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Images per (source, label) x fold, the table a reader checks stratification with."""
+    return table.pivot_table(index=["source", "label"], columns="fold", values="image_id", aggfunc="count", fill_value=0)
+
+
+def inner_validation(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a lesion-grouped validation subset of a training set, stratified by source x label.
+
+    Model selection (best epoch, early stopping) looks only at this subset, never at the test fold.
+    """
+    if not 0 < fraction < 0.5:
+        raise CrossdermError(f"val_fraction must be in (0, 0.5), got {fraction}")
+    n_splits = max(2, round(1 / fraction))
+    strata = table["source"].astype(str) + "/" + table["label"].astype(str)
+    if table["lesion_group"].nunique() < n_splits:
+        raise CrossdermError(f"too few lesion groups ({table['lesion_group'].nunique()}) for an inner validation split")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # rare classes have fewer groups than splits; they simply land in validation or not, as sklearn warns
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        _, val = next(splitter.split(np.zeros(len(table)), strata, table["lesion_group"]))
+    mask = np.zeros(len(table), dtype=bool)
+    mask[val] = True
+    return mask

@@ -1,0 +1,79 @@
+"""``crossderm cv`` and ``crossderm pool`` command lines."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+CV_EPILOG = """examples:
+  crossderm cv --config demo_b_joint --data demo/data/prepared --out runs/b
+  crossderm cv --config paper_b_joint_convnext_tiny --data prepared/real --out runs/paper_b \\
+      --set pretrained_path=weights/convnext_tiny.safetensors
+  crossderm cv --config paper_b_joint_convnext_tiny --data prepared/real --out runs/paper_b --fold 2   # one fold per job
+  crossderm cv --config runs/paper_b/config.yaml --data prepared/real --out runs/paper_b --resume     # after a crash
+  torchrun --nproc_per_node 4 -m crossderm cv --config paper_b_joint_convnext_tiny --data prepared/real --out runs/b
+presets: see `crossderm cv --list-presets`
+"""
+
+
+def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> None:
+    parser = subparsers.add_parser(
+        "cv",
+        help="train and evaluate a cross-validated experiment from a YAML preset",
+        description="Train every fold (or --fold k) of an experiment, predict each test fold with TTA, and once "
+        "all folds are done pool the out-of-fold predictions and evaluate them with bootstrap CIs.",
+        epilog=CV_EPILOG,
+        formatter_class=formatter_class,
+    )
+    parser.add_argument("--config", help="preset name or YAML file")
+    parser.add_argument("--data", type=Path, help="DATA_DIR made by `crossderm prepare`")
+    parser.add_argument("--out", type=Path, help="RUN_DIR for checkpoints, predictions and metrics")
+    parser.add_argument("--fold", type=int, action="append", help="train only this fold (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue interrupted folds from their checkpoints")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config setting, e.g. --set epochs=5 --set augment.min_area=0.5")
+    parser.add_argument("--tta", type=int, choices=(1, 2, 3, 4), help="test-time views (4 = id, h-flip, v-flip, both)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the pooled metrics")
+    parser.add_argument("--list-presets", action="store_true", help="list the bundled presets and exit")
+    parser.set_defaults(handler=run_cv_command)
+
+    pool = subparsers.add_parser(
+        "pool",
+        help="join the folds of a run into oof_predictions.csv and evaluate it",
+        description="Pool every fold's test predictions of RUN_DIR and write metrics.json (for folds run as separate jobs).",
+        epilog="example:\n  crossderm pool runs/paper_b",
+        formatter_class=formatter_class,
+    )
+    pool.add_argument("run_dir", type=Path)
+    pool.add_argument("--bootstrap", type=int, default=2000)
+    pool.add_argument("--seed", type=int, default=0)
+    pool.set_defaults(handler=run_pool_command)
+
+
+def run_cv_command(args: argparse.Namespace) -> int:
+    from crossderm.errors import CrossdermError
+    from crossderm.train.config import load_config, preset_names
+    from crossderm.train.cv import init_distributed, run_cv
+
+    if args.list_presets:
+        print("\n".join(preset_names()))
+        return 0
+    missing = [f"--{name}" for name in ("config", "data", "out") if getattr(args, name) is None]
+    if missing:
+        raise CrossdermError(f"missing {', '.join(missing)}")
+    overrides = list(args.overrides) + ([f"tta={args.tta}"] if args.tta else [])
+    config = load_config(args.config, overrides)
+    init_distributed()
+    metrics = run_cv(config, args.data, args.out, args.fold, args.resume, args.device, args.bootstrap)
+    if metrics is not None:
+        print(f"wrote {args.out}/oof_predictions.csv and metrics.json")
+    return 0
+
+
+def run_pool_command(args: argparse.Namespace) -> int:
+    from crossderm.train.cv import pool
+
+    pool(args.run_dir, n_bootstrap=args.bootstrap, seed=args.seed)
+    print(f"wrote {args.run_dir}/oof_predictions.csv and metrics.json")
+    return 0

@@ -1,0 +1,139 @@
+"""Batches straight from the decode-once image cache, prepared on the training device.
+
+A background thread gathers the next batches' uint8 pixels from the memory-mapped cache (numpy copies
+release the GIL) into pinned memory while the device computes; conversion to float, augmentation and
+normalisation then run on the device. On a GPU with room to spare the whole uint8 cache is copied to
+device memory once and batches are gathered there, so the host does no per-step work at all.
+No JPEG is decoded after ``crossderm prepare``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from crossderm.train.augment import AugmentConfig, augment_batch
+
+T = TypeVar("T")
+DEVICE_CACHE_FRACTION = 0.3
+
+
+def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+    """Run ``items`` in a background thread, ``depth`` results ahead; errors re-raise in the caller."""
+    if depth <= 0:
+        yield from items
+        return
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put(item)
+            buffer.put(done)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            buffer.put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.01)
+
+
+@dataclass
+class Normalise:
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channels_last: bool = True
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        images = (images - mean) / std
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+
+class CacheBatches:
+    """Batches ``(images, labels)`` of a subset of the cache, in a given order."""
+
+    def __init__(
+        self,
+        cache: np.ndarray,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        device: torch.device,
+        normalise: Normalise,
+        prefetch_depth: int = 3,
+        device_cache: bool | None = None,
+    ) -> None:
+        self.cache = cache
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = torch.tensor(np.array(labels, dtype=np.int64))
+        self.batch_size = batch_size
+        self.device = device
+        self.normalise = normalise
+        self.prefetch_depth = prefetch_depth
+        self.on_device = self._device_copy(device_cache)
+
+    def _device_copy(self, wanted: bool | None) -> torch.Tensor | None:
+        """The subset's pixels in device memory when asked, or (``None``) on a GPU with room for them."""
+        if self.device.type != "cuda" or wanted is False:
+            return None
+        needed = len(self.rows) * int(np.prod(self.cache.shape[1:]))
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if wanted is None and needed > DEVICE_CACHE_FRACTION * free:
+            return None
+        pixels = torch.empty((len(self.rows), *self.cache.shape[1:]), dtype=torch.uint8, device=self.device)
+        for start in range(0, len(self.rows), 4096):
+            chunk = torch.from_numpy(np.ascontiguousarray(self.cache[self.rows[start : start + 4096]]))
+            pixels[start : start + len(chunk)] = chunk.to(self.device)
+        return pixels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _host_batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pin = self.device.type == "cuda"
+        for start in range(0, len(order), self.batch_size):
+            positions = np.sort(order[start : start + self.batch_size].numpy())
+            pixels = torch.from_numpy(np.ascontiguousarray(self.cache[self.rows[positions]]))
+            yield (pixels.pin_memory() if pin else pixels), self.labels[positions]
+
+    def batches(
+        self, order: torch.Tensor | None = None, augment: AugmentConfig | None = None, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield normalised float batches on the device; ``order`` defaults to the subset order."""
+        order = torch.arange(len(self.rows)) if order is None else order
+        if self.on_device is not None:
+            device_order = order.to(self.device)
+            source: Iterable = (
+                (self.on_device[device_order[s : s + self.batch_size]], self.labels[order[s : s + self.batch_size]])
+                for s in range(0, len(order), self.batch_size)
+            )
+        else:
+            source = prefetch(self._host_batches(order), self.prefetch_depth)
+        for pixels, labels in source:
+            images = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+            if augment is not None:
+                images = augment_batch(images, augment, generator)
+            yield self.normalise(images), labels.to(self.device, non_blocking=True)

@@ -1,0 +1,199 @@
+"""``crossderm evaluate`` end to end: outputs, invariances and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from crossderm.cli import main
+from crossderm.labels import CLASSES
+
+K = len(CLASSES)
+
+
+def predictions_frame(
+    rng: np.random.Generator, source: str, n: int, absent: str | None = None
+) -> pd.DataFrame:
+    priors = np.array([3, 5, 11, 2, 11, 60, 2], dtype=float)
+    if absent is not None:
+        priors[CLASSES.index(absent)] = 0
+    y = rng.choice(K, size=n, p=priors / priors.sum())
+    logits = rng.normal(size=(n, K))
+    logits[np.arange(n), y] += 1.5
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    frame = pd.DataFrame(probs, columns=list(CLASSES))
+    frame.insert(0, "image_id", [f"{source.upper()}_{i:05d}" for i in range(n)])
+    frame.insert(1, "source", source)
+    frame.insert(2, "label", [CLASSES[c] for c in y])
+    frame["model"] = "resnet50"  # an extra column, ignored
+    return frame
+
+
+@pytest.fixture
+def two_sources(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    rng = np.random.default_rng(0)
+    frame = pd.concat(
+        [predictions_frame(rng, "ham", 600), predictions_frame(rng, "isic", 800, absent="df")],
+        ignore_index=True,
+    )
+    path = tmp_path / "pred.csv"
+    frame.to_csv(path, index=False)
+    return path, frame
+
+
+def evaluate(path: Path, out: Path, *extra: str) -> int:
+    return main(["evaluate", "--predictions", str(path), "--out", str(out), "--bootstrap", "200", *extra])
+
+
+def test_writes_json_and_markdown_matching_sklearn(
+    two_sources: tuple[Path, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, frame = two_sources
+    out = tmp_path / "eval"
+    assert evaluate(path, out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    markdown = (out / "metrics.md").read_text()
+    assert list(metrics) == ["ham", "isic", "gap", "bootstrap"]
+    assert metrics["bootstrap"] == {"n_resamples": 200, "seed": 0, "ci": 0.95, "method": "percentile"}
+    for source in ("ham", "isic"):
+        rows = frame[frame["source"] == source]
+        y = rows["label"].map(CLASSES.index).to_numpy()
+        pred = rows[list(CLASSES)].to_numpy().argmax(axis=1)
+        present = np.unique(y)
+        section = metrics[source]
+        assert section["n"] == len(rows)
+        assert section["macro_f1"]["value"] == pytest.approx(
+            f1_score(y, pred, labels=present, average="macro", zero_division=0), abs=1e-9
+        )
+        assert section["accuracy"]["value"] == pytest.approx(accuracy_score(y, pred), abs=1e-9)
+        assert np.array(section["confusion_matrix"]).sum() == len(rows)
+        assert section["macro_f1"]["ci_low"] < section["macro_f1"]["value"] < section["macro_f1"]["ci_high"]
+    assert metrics["isic"]["per_class"]["df"] is None and metrics["isic"]["per_class_f1"]["df"] is None
+    assert "df" not in metrics["isic"]["classes_present"]
+    assert metrics["gap"]["macro_f1"]["value"] == pytest.approx(
+        metrics["ham"]["macro_f1"]["value"] - metrics["isic"]["macro_f1"]["value"]
+    )
+    value = metrics["ham"]["macro_f1"]
+    assert f"| macro-F1 | {value['value']:.4f} [{value['ci_low']:.4f}, {value['ci_high']:.4f}] |" in markdown
+    assert "## Generalisation gap (ham - isic)" in markdown
+    assert "| df | 0 | n/a | n/a | n/a | n/a |" in markdown
+    assert markdown in capsys.readouterr().out
+
+
+def test_results_ignore_row_order_and_other_sources(
+    two_sources: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    """Each source is sorted and seeded by its name: shuffling rows or dropping a source changes nothing."""
+    path, frame = two_sources
+    assert evaluate(path, tmp_path / "a") == 0
+    shuffled = tmp_path / "shuffled.csv"
+    frame.sample(frac=1, random_state=1).to_csv(shuffled, index=False)
+    assert evaluate(shuffled, tmp_path / "b") == 0
+    ham_only = tmp_path / "ham.csv"
+    frame[frame["source"] == "ham"].to_csv(ham_only, index=False)
+    assert evaluate(ham_only, tmp_path / "c") == 0
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text()) == first
+    alone = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert list(alone) == ["ham", "bootstrap"] and alone["ham"] == first["ham"]
+    assert evaluate(path, tmp_path / "d", "--seed", "1") == 0
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["ham"] != first["ham"]
+
+
+def small_frame() -> pd.DataFrame:
+    frame = predictions_frame(np.random.default_rng(1), "ham", 6).astype(str)
+    frame.loc[5, "source"] = "isic"
+    frame.loc[5, "image_id"] = frame.loc[0, "image_id"]  # same id in another source is fine
+    return frame
+
+
+def make_bad(case: str) -> tuple[pd.DataFrame, int | None, str]:
+    """A small CSV with one defect, the defect's line number (None: file level) and a message part."""
+    frame = small_frame()
+    i = 2  # data row index -> line i + 2
+    if case == "missing column":
+        return frame.drop(columns=["vasc", "label"]), None, "missing column(s) label, vasc"
+    if case == "nan":
+        frame.loc[i, "mel"] = "nan"
+        return frame, i + 2, "probability mel is not a finite number ('nan')"
+    if case == "blank probability":
+        frame.loc[i, "bcc"] = ""
+        return frame, i + 2, "probability bcc is not a finite number ('')"
+    if case == "non-numeric":
+        frame.loc[i, "nv"] = "0.3x"
+        return frame, i + 2, "probability nv is not a finite number ('0.3x')"
+    if case == "negative":
+        probs = frame.loc[i, list(CLASSES)].astype(float)
+        probs["akiec"], probs["nv"] = -0.05, probs["nv"] + probs["akiec"] + 0.05
+        frame.loc[i, list(CLASSES)] = probs.astype(str)
+        return frame, i + 2, "probability akiec is negative (-0.05)"
+    if case == "sum":
+        frame.loc[i, "vasc"] = str(float(frame.loc[i, "vasc"]) + 0.002)
+        return frame, i + 2, "probabilities sum to 1.002, not 1 (tolerance 0.001)"
+    if case == "unknown label":
+        frame.loc[i, "label"] = "SCC"
+        return frame, i + 2, "unknown label 'SCC'"
+    if case == "blank image_id":
+        frame.loc[i, "image_id"] = "  "
+        return frame, i + 2, "blank image_id"
+    if case == "duplicate":
+        frame.loc[4, "image_id"] = frame.loc[1, "image_id"]
+        return frame, 6, f"image_id '{frame.loc[1, 'image_id']}' in source 'ham' duplicates line 3"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing column",
+        "nan",
+        "blank probability",
+        "non-numeric",
+        "negative",
+        "sum",
+        "unknown label",
+        "blank image_id",
+        "duplicate",
+    ],
+)
+def test_bad_input_is_a_one_line_error_naming_the_row(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame, line, message = make_bad(case)
+    path = tmp_path / "pred.csv"
+    frame.to_csv(path, index=False)
+    assert evaluate(path, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    location = f"{path}:{line}: " if line is not None else f"{path}: "
+    assert err.count("\n") == 1 and err.startswith("crossderm evaluate: error: "), err
+    assert f"{location}{message}" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_small_valid_file_passes(tmp_path: Path) -> None:
+    path = tmp_path / "pred.csv"
+    small_frame().to_csv(path, index=False)
+    assert evaluate(path, tmp_path / "out") == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bootstrap", "0"], "--bootstrap must be at least 1"),
+        (["--seed", "-1"], "--seed must be non-negative"),
+    ],
+)
+def test_bad_options_and_missing_file(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "pred.csv"
+    small_frame().to_csv(path, index=False)
+    assert main(["evaluate", "--predictions", str(path), "--out", str(tmp_path / "o"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert evaluate(tmp_path / "absent.csv", tmp_path / "o") == 2
+    assert f"{tmp_path / 'absent.csv'}: no such file" in capsys.readouterr().err
