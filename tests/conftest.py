@@ -34,3 +34,18 @@ def synth_prepared(synth_raw: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("prepared") / "data"
     prepare(PrepareConfig(out=out, ham=synth_raw / "HAM10000", isic=synth_raw / "ISIC2019", image_size=32, workers=1))
     return out
+
+
+TINY_TRAINING = ["model=test_efficientnet", "epochs=1", "batch_size=32", "eval_batch_size=128", "lr=3e-3",
+                 "channels_last=false"]
+
+
+@pytest.fixture(scope="session")
+def synth_run(synth_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 5-fold run (tiny model, one epoch) of the joint experiment: a RUN_DIR to infer with."""
+    from crossderm.train.config import load_config
+    from crossderm.train.cv import run_cv
+
+    out = tmp_path_factory.mktemp("runs") / "joint"
+    run_cv(load_config("demo_b_joint", TINY_TRAINING), synth_prepared, out, n_bootstrap=200)
+    return out

@@ -17,8 +17,10 @@ COMMAND_MODULES = (
     "crossderm.prepare.synth_cli",
     "crossderm.prepare.cli",
     "crossderm.train.cli",
+    "crossderm.predict.cli",
     "crossderm.report.cli",
     "crossderm.evaluate.cli",
+    "crossderm.serve.cli",
     "crossderm.demo",
 )
 

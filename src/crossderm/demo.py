@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
 def run(args: argparse.Namespace) -> int:
     from crossderm.prepare.pipeline import PrepareConfig, prepare
     from crossderm.prepare.synth import generate
-    from crossderm.report.report import build_report
+    from crossderm.report.report import write_report
     from crossderm.train.config import load_config
     from crossderm.train.cv import run_cv
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                n_bootstrap=args.bootstrap)
         run_dirs.append(run_dir)
         _step(f"experiment {name}", run_dir, started)
-    build_report(run_dirs, args.out / "report")
+    write_report(run_dirs, args.out / "report", overwrite=True)
     _step("report", args.out / "report" / "report.html", started)
     return 0
 

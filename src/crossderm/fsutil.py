@@ -59,6 +59,9 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
         raise CrossdermError(f"{target}: exists and is not empty (pass --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's private 0700 would otherwise become the final folder's mode
     try:
         yield staging
     except BaseException:

@@ -94,7 +94,7 @@ class _Style:
     contrast: float = 1.0
     blur: float = 0.0
     noise: float = 0.008
-    vignette: float = 0.0
+    vignette: tuple[float, float] | None = None  # dermoscope circle radius range, in half shorter sides
 
 
 _HAM_SIZE = (160, 120)
@@ -103,9 +103,9 @@ _STYLES = {
     "vidir_modern": _Style(_HAM_SIZE, (0.95, 1.2)),
     "rosendahl": _Style(_HAM_SIZE, (0.95, 1.2), cast=(1.03, 0.98, 0.97), contrast=1.06),
     "vienna_dias": _Style(_HAM_SIZE, (0.95, 1.2), cast=(0.98, 0.99, 1.02), brightness=0.97, blur=0.7, noise=0.015),
-    "bcn": _Style((192, 192), (1.1, 1.4), cast=(0.9, 0.97, 1.1), brightness=0.97, contrast=0.92, blur=1.0,
-                  vignette=0.47),
-    "msk": _Style((224, 168), (0.95, 1.1), cast=(1.1, 1.0, 0.84), brightness=1.04, contrast=1.08, noise=0.03),
+    "bcn": _Style((192, 192), (1.1, 1.4), cast=(0.94, 0.98, 1.06), brightness=0.97, contrast=0.95, blur=1.0,
+                  vignette=(0.95, 1.5)),
+    "msk": _Style((224, 168), (0.95, 1.1), cast=(1.12, 1.01, 0.8), brightness=1.06, contrast=1.08, noise=0.035),
 }
 _SITE_CODES = {"ham": 1, "bcn": 2, "msk": 3}
 
@@ -117,7 +117,8 @@ _MAX_SHIFT = 0.15
 
 @dataclass
 class _Lesion:
-    site: str
+    """One planned lesion: its label, site style, ids and patient fields (shared by all its views)."""
+
     dx: str
     label: str
     style: str
@@ -175,6 +176,7 @@ def _class_counts(prior: dict[str, float], n: int, minimum: int) -> dict[str, in
 
 
 def _choice(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    """One key drawn with probability proportional to its weight (real-data frequencies)."""
     keys = list(weights)
     p = np.array([weights[k] for k in keys], dtype=float)
     return keys[int(rng.choice(len(keys), p=p / p.sum()))]
@@ -189,6 +191,7 @@ def _distinct(rng: np.random.Generator, first: int, span: int, n: int, limit: in
 
 
 def _plan_site(site: str, n: int, seed: int, min_per_class: int) -> list[_Lesion]:
+    """Labels, views, ids and metadata of one site's lesions, decided before any pixel is drawn."""
     rng = np.random.default_rng([seed, _SITE_CODES[site], 0])
     counts = _class_counts(_PRIORS[site], n, min_per_class)
     dxs = [dx for dx in CLASSES for _ in range(counts[dx])]
@@ -201,7 +204,7 @@ def _plan_site(site: str, n: int, seed: int, min_per_class: int) -> list[_Lesion
         if site == "ham":
             style = _choice(rng, dict(zip(_HAM_DATASETS, _HAM_DATASET_COUNTS[dx], strict=True)))
         n_views = 1 + int(rng.choice(len(views), p=np.array(views) / sum(views)))
-        lesions.append(_Lesion(site, dx, label, style, n_views))
+        lesions.append(_Lesion(dx, label, style, n_views))
     n_images = sum(lesion.n_views for lesion in lesions)
     if site == "ham":
         ids = _distinct(rng, _HAM_FIRST_ID, _HAM_ID_SPAN, n_images, _BCN_FIRST_ID)
@@ -286,7 +289,9 @@ def _write_tables(root: Path, lesions: dict[str, list[_Lesion]]) -> None:
         m = lesion.meta
         for image_id in lesion.image_ids:
             gt[image_id] = f"{image_id},{onehot}"
-            meta[image_id] = f"{image_id},{m['age_approx']},{m['anatom_site_general']},{lesion.lesion_id},{m['isic_sex']}"
+            meta[image_id] = (
+                f"{image_id},{m['age_approx']},{m['anatom_site_general']},{lesion.lesion_id},{m['isic_sex']}"
+            )
     ids = sorted(gt)
     gt_rows = ["image," + ",".join(ISIC2019_COLUMNS), *(gt[i] for i in ids)]
     meta_rows = ["image,age_approx,anatom_site_general,lesion_id,sex", *(meta[i] for i in ids)]
@@ -324,7 +329,7 @@ def _summary(out: Path, seed: int, lesions: dict[str, list[_Lesion]]) -> dict[st
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-RGB = tuple[float, float, float]
+_RGB = tuple[float, float, float]
 _SKIN_LIGHT, _SKIN_DARK = (0.94, 0.79, 0.71), (0.70, 0.50, 0.38)
 _TAN, _LIGHT_BROWN, _BROWN = (0.74, 0.56, 0.38), (0.62, 0.42, 0.28), (0.45, 0.28, 0.17)
 _DARK_BROWN, _BLACK, _BLUE_GREY = (0.27, 0.16, 0.10), (0.11, 0.08, 0.08), (0.40, 0.46, 0.56)
@@ -334,6 +339,7 @@ _PURPLE, _WHITE, _SCALE = (0.45, 0.16, 0.36), (0.94, 0.91, 0.88), (0.93, 0.90, 0
 
 @lru_cache(maxsize=4)
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Canvas coordinates in lesion units, shared by every lesion of one canvas size."""
     axis = np.linspace(-_EXTENT, _EXTENT, size, dtype=np.float32)
     return np.meshgrid(axis, axis)
 
@@ -354,23 +360,24 @@ class _Canvas:
                                              box=(1, 1, n + 2, n + 2))
         return np.asarray(image) * 1.4
 
-    def jitter(self, colour: RGB, amount: float = 0.07) -> np.ndarray:
+    def jitter(self, colour: _RGB, amount: float = 0.07) -> np.ndarray:
+        """A per-lesion variant of a reference colour, so one class never has a single exact hue."""
         return np.clip(np.asarray(colour, np.float32) * (1 + amount * self.rng.standard_normal(3)), 0, 1)
 
-    def paint(self, colour: RGB | np.ndarray, alpha: np.ndarray) -> None:
-        assert alpha.dtype == np.float32 and self.img.dtype == np.float32, (alpha.dtype, self.img.dtype)
+    def paint(self, colour: _RGB | np.ndarray, alpha: np.ndarray) -> None:
+        """Alpha-blend a colour (or colour field) over the canvas in place."""
         change = np.asarray(colour, np.float32) - self.img
         change *= np.clip(alpha, 0, 1)[..., None]
         self.img += change
 
     def skin(self) -> np.ndarray:
+        """Background skin of a random tone with low-frequency shading, blotchy redness and fine texture."""
         tone = self.rng.beta(2, 3)
         base = (1 - tone) * np.asarray(_SKIN_LIGHT) + tone * np.asarray(_SKIN_DARK)
         base = (base * (1 + 0.04 * self.rng.standard_normal(3))).astype(np.float32)
         shade = 1 + 0.05 * self.noise(3) + 0.015 * self.noise(60)
-        img = base * shade[..., None]
-        img[..., 1:] *= (1 - 0.04 * np.clip(self.noise(7), 0, None))[..., None]
-        return img
+        redness = shade * (1 - 0.04 * np.clip(self.noise(7), 0, None))
+        return np.stack([base[0] * shade, base[1] * redness, base[2] * redness], axis=-1)
 
     def shape(self, radius: float, irregular: float, soft: float, elong: float = 0.85,
               warp: float = 0.04) -> tuple[np.ndarray, np.ndarray]:
@@ -399,6 +406,7 @@ class _Canvas:
         return np.exp(-((np.minimum(abs(self.noise(cells)), abs(self.noise(cells))) / width) ** 2))
 
     def dots(self, cells: float, threshold: float) -> np.ndarray:
+        """Scattered soft dots/globules at the peaks of value noise."""
         return _smooth(threshold, threshold + 0.3, self.noise(cells))
 
     def strokes(self, polylines: list[np.ndarray], width: float) -> np.ndarray:
@@ -413,6 +421,7 @@ class _Canvas:
         return np.asarray(mask, np.float32) / 255
 
     def hairs(self) -> None:
+        """A few gently curved dark hairs: a site-independent nuisance every classifier must ignore."""
         count = int(self.rng.integers(1, 7))
         paths = []
         for _ in range(count):
@@ -427,11 +436,13 @@ class _Canvas:
 
 
 def _smooth(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    """Smoothstep from 0 at ``edge0`` to 1 at ``edge1`` (either order), for soft anti-aliased edges."""
     t = np.clip((x - edge0) / (edge1 - edge0), 0, 1)
     return t * t * (3 - 2 * t)
 
 
-def _mix(a: RGB | np.ndarray, b: RGB | np.ndarray, t: float) -> np.ndarray:
+def _mix(a: _RGB | np.ndarray, b: _RGB | np.ndarray, t: float) -> np.ndarray:
+    """Linear interpolation between two colours."""
     return (1 - t) * np.asarray(a, np.float32) + t * np.asarray(b, np.float32)
 
 
@@ -580,7 +591,9 @@ def _paint_vasc(c: _Canvas) -> None:
     sizes = (radius * rng.uniform(0.12, 0.3, count)).tolist()
     colours = np.stack([_mix(_RED, _PURPLE, t) for t in rng.uniform(0, 1, count)])
     colours *= rng.uniform(0.6, 1.1, (count, 1)).astype(np.float32)
-    gap = np.stack([np.hypot(c.u - r[k] * math.cos(a[k]), c.v - r[k] * math.sin(a[k])) - sizes[k] for k in range(count)])
+    gap = np.stack([
+        np.hypot(c.u - r[k] * math.cos(a[k]), c.v - r[k] * math.sin(a[k])) - sizes[k] for k in range(count)
+    ])
     nearest = gap.argmin(axis=0)
     c.paint(colours[nearest], 0.95 * m * _smooth(0.02, -0.02, gap.min(axis=0)))
 
@@ -600,35 +613,42 @@ def _render_lesion(dx: str, rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray((np.clip(c.img, 0, 1) * 255 + 0.5).astype(np.uint8))
 
 
+@lru_cache(maxsize=16)
+def _view_grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Output-pixel coordinates scaled so that half the shorter side is 1, and their radius."""
+    half = min(width, height) / 2
+    xx = (np.arange(width, dtype=np.float32) - (width - 1) / 2) / half
+    yy = (np.arange(height, dtype=np.float32) - (height - 1) / 2) / half
+    xx, yy = np.meshgrid(xx, yy)
+    return xx, yy, np.hypot(xx, yy)
+
+
 def _photograph(canvas: Image.Image, style: _Style, rng: np.random.Generator, scale: float,
                 downsampled: bool) -> bytes:
-    """One view: rotate/shift/zoom the canvas, relight it, then apply the site's optics and sensor; JPEG."""
+    """One view: rotate/shift/zoom the canvas, then the site's optics, lighting and sensor; JPEG bytes."""
     width, height = round(style.size[0] * scale), round(style.size[1] * scale)
     zoom, theta = rng.uniform(*style.zoom), rng.uniform(0, 2 * math.pi)
-    tx, ty = np.clip(rng.normal(0, 0.07, 2), -_MAX_SHIFT, _MAX_SHIFT)
-    k = 2.0 / (width * zoom) * canvas.size[0] / (2 * _EXTENT)  # canvas pixels per output pixel
+    tx, ty = (float(t) for t in np.clip(rng.normal(0, 0.07, 2), -_MAX_SHIFT, _MAX_SHIFT))
+    per_unit = canvas.size[0] / (2 * _EXTENT)
+    k = 2.0 / (width * zoom) * per_unit  # canvas pixels per output pixel
     cos, sin = math.cos(theta) * k, math.sin(theta) * k
-    offset = canvas.size[0] / (2 * _EXTENT)
-    coeffs = (cos, -sin, (-cos * width + sin * height) / 2 + (tx + _EXTENT) * offset,
-              sin, cos, (-sin * width - cos * height) / 2 + (ty + _EXTENT) * offset)
+    coeffs = (cos, -sin, (-cos * width + sin * height) / 2 + (tx + _EXTENT) * per_unit,
+              sin, cos, (-sin * width - cos * height) / 2 + (ty + _EXTENT) * per_unit)
     view = canvas.transform((width, height), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
-    x = np.asarray(view, np.float32) / 255
-    yy, xx = np.mgrid[-1:1:height * 1j, -1:1:width * 1j].astype(np.float32)
-    xx *= width / height if width > height else 1.0
-    yy *= height / width if height > width else 1.0
-    slope = rng.uniform(0, 0.08)
-    angle = rng.uniform(0, 2 * math.pi)
-    light = 1 + slope * (xx * math.cos(angle) + yy * math.sin(angle))
-    gain = np.asarray(style.cast, np.float32) * style.brightness * (1 + rng.normal(0, 0.03, 3)) * rng.normal(1, 0.04)
-    x = x * light[..., None] * gain.astype(np.float32)
-    x = (x - 0.5) * style.contrast + 0.5
-    if style.vignette:
-        radius = np.hypot(xx, yy) / (2 * style.vignette)
-        x *= (_smooth(1.0, 0.93, radius) * (1 - 0.25 * radius**2))[..., None]
-    image = Image.fromarray((np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8))
     if style.blur:
-        image = image.filter(ImageFilter.GaussianBlur(style.blur * scale))
-    x = np.asarray(image, np.float32) + rng.normal(0, style.noise * 255, (height, width, 3)).astype(np.float32)
+        view = view.filter(ImageFilter.GaussianBlur(style.blur * scale))
+    xx, yy, radius = _view_grid(width, height)
+    slope, angle = rng.uniform(0, 0.08), rng.uniform(0, 2 * math.pi)
+    light = 1 + slope * (math.cos(angle) * xx + math.sin(angle) * yy)
+    dark = np.ones_like(light)
+    if style.vignette:
+        r = radius / rng.uniform(*style.vignette)
+        dark = _smooth(1.0, 0.93, r) * (1 - 0.25 * r**2)
+    gain = np.asarray(style.cast) * style.brightness * (1 + rng.normal(0, 0.03, 3)) * rng.normal(1, 0.04)
+    # ((x * light * gain - 1/2) * contrast + 1/2) * dark, on 0..255 values
+    x = np.asarray(view, np.float32) * (light * dark)[..., None] * (gain * style.contrast).astype(np.float32)
+    x += (np.float32(127.5 * (1 - style.contrast)) * dark)[..., None]
+    x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(style.noise * 255)
     image = Image.fromarray(np.clip(x + 0.5, 0, 255).astype(np.uint8))
     if downsampled:
         image = image.resize((width // 2, height // 2), Image.Resampling.LANCZOS)

@@ -115,6 +115,7 @@ def run_cv(
 
 def pool(run_dir: Path, n_bootstrap: int = 2000, seed: int = 0) -> dict:
     """Join the folds' test predictions into ``oof_predictions.csv`` and evaluate it."""
+    from crossderm.evaluate.calibration import calibrate_run
     from crossderm.evaluate.cli import evaluate_file
 
     run_dir = Path(run_dir)
@@ -129,6 +130,9 @@ def pool(run_dir: Path, n_bootstrap: int = 2000, seed: int = 0) -> dict:
     atomic_write_text(oof, pooled.to_csv(index=False))
     metrics, markdown = evaluate_file(oof, run_dir, n_bootstrap, seed)
     print(markdown, end="")
+    calibration = calibrate_run(run_dir)
+    for source, info in calibration["sources"].items():
+        print(f"calibration {source}: ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f} with per-fold temperature")
     return metrics
 
 

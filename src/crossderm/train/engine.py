@@ -8,6 +8,7 @@ each epoch start, so a resumed fold retraces the uninterrupted one exactly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -36,6 +37,7 @@ from crossderm.train.models import count_parameters, create_model, normalisation
 from crossderm.train.sampler import EpochSampler, sampling_weights
 
 CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
+MODEL_CARD_FORMAT = "crossderm-model/1"
 
 
 @dataclass
@@ -216,7 +218,8 @@ class FoldTrainer:
         """One epoch; returns (mean loss, images/s). The loss is summed on the device: one sync per epoch."""
         seed = _seed_epoch(self.config.seed, self.fold, epoch)
         torch.manual_seed(seed)
-        generator = torch.Generator(device=self.runtime.device).manual_seed(seed)
+        # each rank augments its own shard with its own stream; the sample itself is shared (see sampler)
+        generator = torch.Generator(device=self.runtime.device).manual_seed(seed + 7919 * self.runtime.rank)
         self.train_model.train()
         order = self.sampler.indices(epoch)
         total = torch.zeros((), device=self.runtime.device)
@@ -233,8 +236,11 @@ class FoldTrainer:
             self.optimizer.step()
             self.scheduler.step()
             total += loss.detach() * len(labels)
-        mean_loss = float(total.item()) / max(1, len(order))
-        return mean_loss, len(order) * self.runtime.world_size / (time.perf_counter() - started)
+        seen = torch.tensor(float(len(order)), device=self.runtime.device)
+        if dist.is_initialized():  # the logged loss is over the whole global sample, not rank 0's shard
+            dist.all_reduce(total)
+            dist.all_reduce(seen)
+        return float(total.item()) / max(1.0, float(seen.item())), float(seen.item()) / (time.perf_counter() - started)
 
     def validate(self) -> float:
         """Inner-validation score, computed on rank 0 and shared so every rank takes the same decisions."""
@@ -285,14 +291,57 @@ class FoldTrainer:
         return self.predict_test(best_path)
 
     def predict_test(self, best_path: Path) -> pd.DataFrame:
-        """Test-fold probabilities from the best epoch's weights, with the configured TTA views."""
+        """Test-fold probabilities from the best epoch's weights, with the configured TTA views.
+
+        The inner-validation images are predicted the same way into ``val_predictions.csv``: calibration
+        (temperature scaling) is fitted on them, never on the test fold.
+        """
+        if not self.runtime.is_main:
+            return self.data.test.iloc[:0]
         self.model.load_state_dict(load_file(best_path, device=str(self.runtime.device)))
-        probs = predict_cached(self.model, self.test_batches, views=self.config.tta, amp=self.runtime.amp)
-        table = self.data.test[["image_id", "source", "label"]].copy()
+        val = self._prediction_table(self.data.val, self.val_batches)
+        atomic_write_text(self.fold_dir / "val_predictions.csv", val.to_csv(index=False))
+        self.write_model_card(best_path)
+        return self._prediction_table(self.data.test, self.test_batches)
+
+    def _prediction_table(self, frame: pd.DataFrame, batches: CacheBatches) -> pd.DataFrame:
+        probs = predict_cached(self.model, batches, views=self.config.tta, amp=self.runtime.amp)
+        table = frame[["image_id", "source", "label"]].copy()
         for index, name in enumerate(CLASSES):
             table[name] = probs[:, index].astype(np.float64)
         table["fold"] = self.fold
         return table
+
+    def write_model_card(self, best_path: Path) -> None:
+        """``model.json``: everything inference needs, and the weights' sha256 so tampering is detected."""
+        mean, std = normalisation(self.model)
+        atomic_write_json(
+            self.fold_dir / "model.json",
+            {
+                "format": MODEL_CARD_FORMAT,
+                "experiment": self.config.name,
+                "fold": self.fold,
+                "model": self.config.model,
+                "classes": list(CLASSES),
+                "image_size": int(self.train_batches.cache.shape[1]),
+                "mean": list(mean),
+                "std": list(std),
+                "tta": self.config.tta,
+                "parameters": self.parameters,
+                "weights": best_path.name,
+                "sha256": sha256_file(best_path),
+                "best_epoch": self.state["best_epoch"],
+                "val_score": self.state["best_score"],
+            },
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

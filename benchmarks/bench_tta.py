@@ -1,0 +1,97 @@
+"""Benchmark: 4-view test-time augmentation against 1 view, through ``predict_logits_tta``.
+
+The same normalised batches (already on the device) are predicted with 1 and with 4 views, rounds
+interleaved; 4 views run as one batched forward pass of 4x the images, so the cost should be at most about
+4x. The images/s of both are the inference rates the whole-protocol projection uses.
+Run as ``python benchmarks/bench_tta.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import (
+    FULL,
+    QUICK,
+    Prepared,
+    Scale,
+    auto_device,
+    bench_model,
+    best_rates,
+    for_device,
+    random_order,
+    synchronize,
+    synthetic_data,
+    target_met,
+    timed_rate,
+)
+
+from crossderm.predict.tta import predict_logits_tta
+
+TARGET = 4.2  # 4-view seconds over 1-view seconds, at most
+VIEWS = (1, 4)
+READY_BATCHES = 2  # distinct batches cycled through while timing
+
+
+def measure(data_dir: Path, scale: Scale, device: torch.device) -> dict[str, Any]:
+    """Images/s with 1 and 4 views; ``ratio`` = 4-view time / 1-view time for the same images."""
+    data = Prepared.open(data_dir)
+    model = bench_model(scale.model, device).eval()
+    loader = data.batches(scale.eval_batch_size, device, model)
+    order = random_order(len(data.rows), READY_BATCHES * scale.eval_batch_size, seed=0)
+    ready = [(images.clone(), labels.clone()) for images, labels in loader.batches(order)]
+    amp = device.type == "cuda"
+
+    def rate(views: int) -> float:
+        for images, _ in ready:  # warm-up (kernel selection, allocator) for this view count
+            predict_logits_tta(model, images, views, amp)
+        synchronize(device)
+        return timed_rate(itertools.cycle(ready), scale.eval_batches,
+                          lambda batch: predict_logits_tta(model, batch[0], views, amp), device)
+
+    rates = best_rates({f"views{v}": (lambda v=v: rate(v)) for v in VIEWS}, scale.repeats)
+    ratio = rates["views1"] / rates["views4"]
+    return {
+        "name": "tta",
+        "unit": "images/s",
+        "device": str(device),
+        "model": scale.model,
+        "image_size": data.image_size,
+        "batch_size": scale.eval_batch_size,
+        "bf16_autocast": amp,
+        "timed_batches": scale.eval_batches,
+        "repeats": scale.repeats,
+        "views1_images_per_s": rates["views1"],
+        "views4_images_per_s": rates["views4"],
+        "ratio": ratio,
+        "ratio_definition": "4-view time / 1-view time = views1_images_per_s / views4_images_per_s",
+        "target": TARGET,
+        "target_kind": "at most",
+        "meets_target": target_met(ratio, TARGET, at_least=False),
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    device = auto_device()
+    scale = for_device(QUICK if quick else FULL, device)
+    return measure(synthetic_data(scale), scale, device)
+
+
+def describe(result: dict[str, Any]) -> str:
+    return "\n".join([
+        f"tta: {result['model']} at {result['image_size']} px, batches of {result['batch_size']} on {result['device']}",
+        f"  1 view : {result['views1_images_per_s']:.1f} images/s",
+        f"  4 views: {result['views4_images_per_s']:.1f} images/s",
+        f"  4-view / 1-view time: {result['ratio']:.2f}x (target <= {result['target']:g}x: "
+        f"{'met' if result['meets_target'] else 'NOT met'})",
+    ])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data set and model input, fewer batches")
+    print(describe(run(parser.parse_args().quick)))

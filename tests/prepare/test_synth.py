@@ -1,0 +1,203 @@
+"""The synthetic generator must mimic the official download layouts exactly and be reproducible."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from crossderm.cli import main
+from crossderm.errors import CrossdermError
+from crossderm.labels import CLASSES, ISIC2019_COLUMNS
+from crossderm.prepare import synth, synth_cli
+
+HAM_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
+META_COLUMNS = ["image", "age_approx", "anatom_site_general", "lesion_id", "sex"]
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("synth") / "raw"
+    summary = synth.generate(out, ham_lesions=60, isic_lesions=60, seed=0, image_scale=0.5)
+    return out, summary
+
+
+def _read(small: tuple[Path, dict]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    out, _ = small
+    ham = pd.read_csv(out / "HAM10000" / "HAM10000_metadata.csv", dtype=str, keep_default_na=False)
+    gt = pd.read_csv(out / "ISIC2019" / "ISIC_2019_Training_GroundTruth.csv", dtype=str)
+    meta = pd.read_csv(out / "ISIC2019" / "ISIC_2019_Training_Metadata.csv", dtype=str, keep_default_na=False)
+    return ham, gt, meta
+
+
+def test_official_columns_and_line_endings(small: tuple[Path, dict]) -> None:
+    out, _ = small
+    ham_text = (out / "HAM10000" / "HAM10000_metadata.csv").read_bytes()
+    gt_text = (out / "ISIC2019" / "ISIC_2019_Training_GroundTruth.csv").read_bytes()
+    meta_text = (out / "ISIC2019" / "ISIC_2019_Training_Metadata.csv").read_bytes()
+    assert b"\r" not in ham_text and ham_text.endswith(b"\n")
+    for text in (gt_text, meta_text):
+        assert text.count(b"\r\n") == text.count(b"\n") and text.endswith(b"\r\n")
+    ham, gt, meta = _read(small)
+    assert list(ham.columns) == HAM_COLUMNS
+    assert list(gt.columns) == ["image", *ISIC2019_COLUMNS]
+    assert list(meta.columns) == META_COLUMNS
+    assert set(ham.dx) == set(CLASSES)
+    assert set(ham.dataset) <= {"vidir_molemax", "vidir_modern", "rosendahl", "vienna_dias"}
+    assert ham.age.str.fullmatch(r"(\d+\.0)?").all()
+    assert ham.image_id.str.fullmatch(r"ISIC_\d{7}").all() and (ham.image_id >= "ISIC_0024306").all()
+    assert ham.lesion_id.str.fullmatch(r"HAM_\d{7}").all()
+    assert meta.age_approx.str.fullmatch(r"(\d+)?").all()
+    assert list(gt.image) == sorted(gt.image) and list(meta.image) == list(gt.image)
+
+
+def test_ground_truth_one_hot_and_images_present(small: tuple[Path, dict]) -> None:
+    out, _ = small
+    _, gt, _ = _read(small)
+    values = gt[list(ISIC2019_COLUMNS)]
+    assert values.isin(["0.0", "1.0"]).all().all()
+    assert ((values == "1.0").sum(axis=1) == 1).all()
+    assert (values["UNK"] == "0.0").all()
+    folder = out / "ISIC2019" / "ISIC_2019_Training_Input"
+    assert sorted(p.stem for p in folder.glob("*.jpg")) == list(gt.image)
+
+
+def test_ham_is_inside_isic_with_same_bytes_and_lesions(small: tuple[Path, dict]) -> None:
+    out, summary = small
+    ham, gt, meta = _read(small)
+    parts = [out / "HAM10000" / f"HAM10000_images_part_{k}" for k in (1, 2)]
+    files = {p.stem: p for part in parts for p in part.glob("*.jpg")}
+    assert sorted(files) == sorted(ham.image_id)
+    assert all(len(list(part.glob("*.jpg"))) > 0.4 * len(ham) for part in parts)
+    isic_dir = out / "ISIC2019" / "ISIC_2019_Training_Input"
+    for image_id, path in files.items():
+        assert path.read_bytes() == (isic_dir / f"{image_id}.jpg").read_bytes()
+    lesion_of = dict(zip(meta.image, meta.lesion_id, strict=True))
+    assert all(lesion_of[i] == lesion for i, lesion in zip(ham.image_id, ham.lesion_id, strict=True))
+    label_of = gt.set_index("image")[list(ISIC2019_COLUMNS)].idxmax(axis=1)
+    expected = {"mel": {"MEL"}, "nv": {"NV"}, "bcc": {"BCC"}, "bkl": {"BKL"}, "df": {"DF"}, "vasc": {"VASC"},
+                "akiec": {"AK", "SCC"}}
+    assert all(label_of[i] in expected[dx] for i, dx in zip(ham.image_id, ham.dx, strict=True))
+    assert summary["isic_rows_from_ham"] == len(ham) == summary["ham_images"]
+    assert summary["isic_images"] == len(gt)
+
+
+def test_sites_ids_and_grouping(small: tuple[Path, dict]) -> None:
+    ham, gt, meta = _read(small)
+    other = meta[~meta.image.isin(ham.image_id)]
+    bcn = other[other.lesion_id.str.startswith("BCN_")]
+    msk = other[~other.lesion_id.str.startswith("BCN_")]
+    assert bcn.lesion_id.str.fullmatch(r"BCN_\d{7}").all() and (bcn.image > "ISIC_0053000").all()
+    assert msk.lesion_id.str.fullmatch(r"(MSK4_\d{7})?").all() and (msk.image < "ISIC_0024306").all()
+    assert msk.image.str.fullmatch(r"ISIC_\d{7}(_downsampled)?").all()
+    assert msk.image.str.endswith("_downsampled").any() and (msk.lesion_id == "").any()
+    assert len(ham) / ham.lesion_id.nunique() > 1.1 and len(bcn) / bcn.lesion_id.nunique() > 1.3
+    label = gt.set_index("image")[list(ISIC2019_COLUMNS)].idxmax(axis=1)
+    for frame in (meta[meta.image.isin(ham.image_id)], bcn):
+        assert label[frame.image].groupby(frame.lesion_id.values).nunique().max() == 1
+    assert {"MEL", "NV", "BCC", "BKL", "DF", "VASC"} <= set(label[other.image])
+
+
+def test_image_sizes_follow_the_sites(small: tuple[Path, dict]) -> None:
+    out, _ = small
+    ham, _, meta = _read(small)
+    folder = out / "ISIC2019" / "ISIC_2019_Training_Input"
+    with Image.open(folder / f"{ham.image_id[0]}.jpg") as image:
+        assert image.size == (80, 60) and image.mode == "RGB"
+    bcn = meta.image[meta.lesion_id.str.startswith("BCN_")].iloc[0]
+    with Image.open(folder / f"{bcn}.jpg") as image:
+        assert image.size == (96, 96)
+    small_msk = meta.image[meta.image.str.endswith("_downsampled")].iloc[0]
+    with Image.open(folder / f"{small_msk}.jpg") as image:
+        assert image.size == (56, 42)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
+    kwargs = {"ham_lesions": 14, "isic_lesions": 20, "image_scale": 0.5}
+    synth.generate(tmp_path / "a", seed=5, **kwargs)
+    synth.generate(tmp_path / "b", seed=5, **kwargs)
+    synth.generate(tmp_path / "c", seed=6, **kwargs)
+    a, b, c = (_tree_hashes(tmp_path / name) for name in "abc")
+    assert a == b
+    assert a != c
+
+
+def test_class_floor_and_invalid_sizes(tmp_path: Path) -> None:
+    counts = synth._class_counts(synth._PRIORS["ham"], 740, 6)
+    assert sum(counts.values()) == 740 and min(counts.values()) >= 6 and counts["nv"] > 450
+    assert min(synth._class_counts(synth._PRIORS["msk"], 20, 6).values()) == 2
+    with pytest.raises(CrossdermError):
+        synth.generate(tmp_path / "x", ham_lesions=3)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_defaults_mirror_generate() -> None:
+    defaults = {k: p.default for k, p in inspect.signature(synth.generate).parameters.items()}
+    assert defaults["ham_lesions"] == synth_cli.HAM_LESIONS
+    assert defaults["isic_lesions"] == synth_cli.ISIC_LESIONS
+    assert defaults["min_per_class"] == synth_cli.MIN_PER_CLASS
+
+
+def test_cli_writes_and_refuses_to_clobber(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "raw"
+    args = ["synth", "--out", str(out), "--ham-lesions", "14", "--isic-lesions", "14", "--image-scale", "0.5"]
+    assert main(args) == 0
+    assert "HAM10000" in capsys.readouterr().out
+    before = _tree_hashes(out)
+    assert main([*args, "--seed", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert _tree_hashes(out) == before
+    assert main([*args, "--seed", "1", "--overwrite"]) == 0
+    assert _tree_hashes(out) != before
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def _colour_histogram(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB").resize((32, 32)), np.float32)[8:24, 8:24].reshape(-1, 3) / 255
+    return np.concatenate([np.histogram(pixels[:, k], bins=8, range=(0, 1))[0] for k in range(3)]) / len(pixels)
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_classes_are_learnable_and_sites_shifted(tmp_path: Path) -> None:
+    """Centre colour histograms + logistic regression, lesion-grouped 70/30: well above chance within HAM,
+    lower on the ISIC-only sites, and better there once those sites are in training."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    out = tmp_path / "raw"
+    synth.generate(out, ham_lesions=150, isic_lesions=150, seed=1, image_scale=0.5)
+    gt = pd.read_csv(out / "ISIC2019" / "ISIC_2019_Training_GroundTruth.csv")
+    meta = pd.read_csv(out / "ISIC2019" / "ISIC_2019_Training_Metadata.csv", dtype=str, keep_default_na=False)
+    y = gt[list(ISIC2019_COLUMNS)].to_numpy().argmax(axis=1)
+    y[y == ISIC2019_COLUMNS.index("SCC")] = ISIC2019_COLUMNS.index("AK")
+    x = np.stack([_colour_histogram(out / "ISIC2019" / "ISIC_2019_Training_Input" / f"{i}.jpg") for i in gt.image])
+    groups = np.where(meta.lesion_id == "", meta.image, meta.lesion_id)
+    test = np.array([int(hashlib.md5(g.encode()).hexdigest(), 16) % 10 < 3 for g in groups])
+    ham = meta.lesion_id.str.startswith("HAM_").to_numpy()
+
+    def fit(rows: np.ndarray) -> LogisticRegression:
+        return LogisticRegression(C=10, max_iter=3000, class_weight="balanced").fit(x[rows], y[rows])
+
+    def score(model: LogisticRegression, rows: np.ndarray) -> float:
+        return balanced_accuracy_score(y[rows], model.predict(x[rows]))
+
+    ham_model, joint_model = fit(ham & ~test), fit(~test)
+    in_site, across = score(ham_model, ham & test), score(ham_model, ~ham & test)
+    joint = score(joint_model, ~ham & test)
+    assert in_site > 3 / len(CLASSES)
+    assert across < in_site - 0.1
+    assert joint > across + 0.1

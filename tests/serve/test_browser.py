@@ -1,0 +1,157 @@
+"""End to end in a real headless Chromium: upload images on the page, read the bar chart and the Grad-CAM overlay.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); skipped without them.
+Selenium drives /usr/bin/chromedriver directly, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from crossderm.labels import CLASSES
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1000,1250")
+WAIT_S = 90
+
+if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+    pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402  (only importable where the browser test can run)
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    except httpx.TransportError:  # bound but not listening yet
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(synth_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``crossderm serve --port 0`` in a subprocess; yields its base URL once /healthz answers."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "crossderm", "serve", "--model", str(synth_run), "--port", "0", "--threads", "1"],
+            stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline = time.monotonic() + 120
+        url = None
+        while url is None or not healthy(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"crossderm serve did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+            found = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text())
+            url = found.group(1) if found else None
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        driver.set_page_load_timeout(WAIT_S)
+        driver.get(server)
+        WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script("return document.body.dataset.ready"))
+        yield driver
+    finally:
+        driver.quit()
+
+
+def upload(driver: webdriver.Chrome, path: Path) -> tuple[str, str]:
+    """Choose ``path`` in the file input; wait for the page's verdict on it: (status class, status text)."""
+    driver.find_element(By.ID, "file").send_keys(str(path))
+
+    def verdict(d: webdriver.Chrome) -> tuple[str, str] | None:
+        status = d.find_element(By.ID, "status")
+        kind, text = status.get_attribute("class"), status.text
+        return (kind, text) if kind in ("done", "error") and text.startswith(path.name) else None
+
+    return WebDriverWait(driver, WAIT_S).until(verdict)
+
+
+def assert_prediction_shown(driver: webdriver.Chrome, path: Path) -> None:
+    kind, text = upload(driver, path)
+    assert kind == "done", text
+    bars = driver.execute_script(
+        "return [...document.querySelectorAll('#chart .bar')].map(b => [b.dataset.class, "
+        "parseFloat(b.dataset.probability), b.querySelector('.fill').getBoundingClientRect().width / "
+        "b.querySelector('.track').getBoundingClientRect().width, b.classList.contains('top')])"
+    )
+    assert [b[0] for b in bars] == list(CLASSES)
+    assert sum(b[1] for b in bars) == pytest.approx(1.0, abs=1e-4)
+    for _, probability, drawn, _ in bars:  # the bars are drawn to scale
+        assert drawn == pytest.approx(probability, abs=0.01)
+    top = [b[0] for b in bars if b[3]]
+    assert top == [max(bars, key=lambda b: b[1])[0]]
+    assert top[0] in driver.find_element(By.ID, "predicted").text
+    natural = WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script(
+        "const img = document.getElementById('overlay');"
+        "return img.complete && img.naturalWidth > 0 ? [img.naturalWidth, img.naturalHeight] : null"
+    ))
+    assert min(natural) >= 32
+    assert driver.find_element(By.ID, "overlay").is_displayed()
+
+
+def test_page_shows_notice_and_provenance(browser: webdriver.Chrome, server: str) -> None:
+    notice = browser.find_element(By.ID, "notice")
+    assert notice.is_displayed() and "Research use only" in notice.text and "not a diagnosis" in notice.text
+    provenance = browser.find_element(By.ID, "provenance").text
+    assert "test_efficientnet" in provenance and "5 (0, 1, 2, 3, 4)" in provenance
+    rows = browser.find_elements(By.CSS_SELECTOR, "#metrics tbody tr")
+    assert [r.find_element(By.TAG_NAME, "td").text for r in rows] == ["ham", "isic", "gap (ham - isic)"]
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", rows[0].text), rows[0].text
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(name.startswith(server) for name in loaded), loaded
+
+
+def test_synthetic_image_then_bad_file_then_again(browser: webdriver.Chrome, synth_raw: Path, tmp_path: Path) -> None:
+    image = sorted((synth_raw / "ISIC2019" / "ISIC_2019_Training_Input").glob("*.jpg"))[0]
+    assert_prediction_shown(browser, image)
+    screenshot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("not an image")
+    kind, text = upload(browser, not_an_image)
+    assert kind == "error" and "not an image" in text
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    kind, text = upload(browser, truncated)
+    assert kind == "error" and "cannot decode" in text
+    assert_prediction_shown(browser, image)
+
+
+def test_real_dermoscopic_image(browser: webdriver.Chrome, shared_data: Path) -> None:
+    images = sorted((shared_data / "HAM10000" / "HAM10000_images").glob("*.jpg"))
+    if not images:
+        pytest.skip(f"no HAM10000 images in {shared_data}")
+    assert_prediction_shown(browser, images[0])
