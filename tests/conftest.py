@@ -36,8 +36,14 @@ def synth_prepared(synth_raw: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return out
 
 
-TINY_TRAINING = ["model=test_efficientnet", "epochs=1", "batch_size=32", "eval_batch_size=128", "lr=3e-3",
-                 "channels_last=false"]
+TINY_TRAINING = [
+    "model=test_efficientnet",
+    "epochs=1",
+    "batch_size=32",
+    "eval_batch_size=128",
+    "lr=3e-3",
+    "channels_last=false",
+]
 
 
 @pytest.fixture(scope="session")

@@ -51,16 +51,20 @@ def run(args: argparse.Namespace) -> int:
         generate(raw, seed=0, overwrite=True, **sizes)
     _step("synthetic data", raw, started)
     if not (prepared / "manifest.csv").is_file():
-        prepare(PrepareConfig(out=prepared, ham=raw / "HAM10000", isic=raw / "ISIC2019", image_size=args.image_size,
-                              overwrite=True))
+        prepare(
+            PrepareConfig(
+                out=prepared, ham=raw / "HAM10000", isic=raw / "ISIC2019", image_size=args.image_size, overwrite=True
+            )
+        )
     print((prepared / "audit.md").read_text())
     _step("prepared", prepared, started)
     run_dirs = []
     for name in EXPERIMENTS:
         overrides = [f"epochs={args.epochs}"] if args.epochs else []
         run_dir = runs / name
-        run_cv(load_config(name, overrides), prepared, run_dir, resume=True, device=args.device,
-               n_bootstrap=args.bootstrap)
+        run_cv(
+            load_config(name, overrides), prepared, run_dir, resume=True, device=args.device, n_bootstrap=args.bootstrap
+        )
         run_dirs.append(run_dir)
         _step(f"experiment {name}", run_dir, started)
     write_report(run_dirs, args.out / "report", overwrite=True)

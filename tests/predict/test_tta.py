@@ -35,7 +35,9 @@ def test_one_batched_forward_averaging_probabilities() -> None:
     images = torch.randn(5, 3, 4, 4)
     probs = predict_logits_tta(model, images, views=4, amp=False)
     assert model.calls == [20]
-    expected = torch.stack([model.linear(v.flatten(1)).softmax(1) for v in tta_views(images, 4).view(4, 5, 3, 4, 4)]).mean(0)
+    expected = torch.stack(
+        [model.linear(v.flatten(1)).softmax(1) for v in tta_views(images, 4).view(4, 5, 3, 4, 4)]
+    ).mean(0)
     assert torch.allclose(probs, expected, atol=1e-6)
     assert torch.allclose(probs.sum(1), torch.ones(5))
     one = predict_logits_tta(model, images, views=1, amp=False)

@@ -19,8 +19,20 @@ from crossderm.prepare.pipeline import load_dataset
 @pytest.fixture(scope="module")
 def real_prepared(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("real") / "prepared"
-    code = main(["prepare", "--ham", str(shared_data / "HAM10000"), "--isic", str(shared_data / "ISIC2019"),
-                 "--out", str(out), "--image-size", "32", "--allow-missing"])
+    code = main(
+        [
+            "prepare",
+            "--ham",
+            str(shared_data / "HAM10000"),
+            "--isic",
+            str(shared_data / "ISIC2019"),
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+            "--allow-missing",
+        ]
+    )
     assert code == 0
     return out
 
@@ -69,7 +81,7 @@ def test_image_loading_handles_modes_and_aspect(tmp_path: Path) -> None:
         "L": Image.fromarray(rgb[..., 0]),
         "RGBA": Image.fromarray(np.dstack([rgb, np.full((150, 200), 255, np.uint8)])),
         "CMYK": Image.fromarray(rgb).convert("CMYK"),
-        "I;16": Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)),
+        "I;16": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
     }.items():
         path = tmp_path / f"{mode.replace(';', '')}.{'jpg' if mode in ('RGB', 'L', 'CMYK') else 'png'}"
         image.save(path)
@@ -86,8 +98,22 @@ def synth_copy(synth_raw: Path, tmp_path: Path) -> Path:
 
 
 def _prepare(raw: Path, out: Path, *extra: str) -> int:
-    return main(["prepare", "--ham", str(raw / "HAM10000"), "--isic", str(raw / "ISIC2019"), "--out", str(out),
-                 "--image-size", "16", "--workers", "1", *extra])
+    return main(
+        [
+            "prepare",
+            "--ham",
+            str(raw / "HAM10000"),
+            "--isic",
+            str(raw / "ISIC2019"),
+            "--out",
+            str(out),
+            "--image-size",
+            "16",
+            "--workers",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def test_synthetic_download_prepares_like_the_real_one(synth_copy: Path, tmp_path: Path) -> None:

@@ -17,7 +17,13 @@ def test_ham10000_counts(shared_data: Path) -> None:
     assert len(ham) == report.rows == 10015
     assert ham["lesion_id"].nunique() == 7470
     assert ham["label"].value_counts().to_dict() == {
-        "nv": 6705, "mel": 1113, "bkl": 1099, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115,
+        "nv": 6705,
+        "mel": 1113,
+        "bkl": 1099,
+        "bcc": 514,
+        "akiec": 327,
+        "vasc": 142,
+        "df": 115,
     }
     assert (ham["path"] != "").sum() == 7501
     assert set(ham["site"]) == {"unknown"}
@@ -26,7 +32,10 @@ def test_ham10000_counts(shared_data: Path) -> None:
 def test_ham10000_dataset_column_gives_sites(shared_data: Path) -> None:
     ham, _ = read_ham10000(shared_data / "extra" / "HAM10000_metadata_with_dataset.csv")
     assert ham["site"].value_counts().to_dict() == {
-        "vidir_molemax": 3954, "vidir_modern": 3363, "rosendahl": 2259, "vienna_dias": 439,
+        "vidir_molemax": 3954,
+        "vidir_modern": 3363,
+        "rosendahl": 2259,
+        "vienna_dias": 439,
     }
 
 
@@ -35,11 +44,20 @@ def test_isic2019_removes_ham_and_harmonises(shared_data: Path) -> None:
     isic, report = read_isic2019(shared_data / "ISIC2019", DEFAULT_ISIC_TO_HAM, set(ham["image_id"]))
     assert report.rows == 25331
     assert report.removed == {
-        "ham_images_removed": 10015, "by_ham_image_id": 10015, "by_ham_lesion_prefix": 10015, "by_ham_id_range": 10015,
+        "ham_images_removed": 10015,
+        "by_ham_image_id": 10015,
+        "by_ham_lesion_prefix": 10015,
+        "by_ham_id_range": 10015,
     }
     assert len(isic) == 15316
     assert isic["label"].value_counts().to_dict() == {
-        "nv": 6170, "mel": 3409, "bcc": 2809, "bkl": 1525, "akiec": 1168, "df": 124, "vasc": 111,
+        "nv": 6170,
+        "mel": 3409,
+        "bcc": 2809,
+        "bkl": 1525,
+        "akiec": 1168,
+        "df": 124,
+        "vasc": 111,
     }
     assert not set(isic["image_id"]) & set(ham["image_id"])
     assert isic["site"].value_counts().to_dict() == {"bcn": 12413, "unknown": 2084, "msk": 819}
@@ -72,10 +90,18 @@ def test_label_map_rejects_unknown_class(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "replacement", "message"),
     [
-        ("ISIC_0000001,0.0,1.0,", "ISIC_0000001,1.0,1.0,", r"ISIC_2019_Training_GroundTruth.csv:3: .* has 2 labels \(MEL, NV\)"),
+        (
+            "ISIC_0000001,0.0,1.0,",
+            "ISIC_0000001,1.0,1.0,",
+            r"ISIC_2019_Training_GroundTruth.csv:3: .* has 2 labels \(MEL, NV\)",
+        ),
         ("ISIC_0000001,0.0,1.0,", "ISIC_0000001,0.0,0.0,", r"GroundTruth.csv:3: .* has no label"),
         ("ISIC_0000001,0.0,1.0,", "ISIC_0000001,0.0,yes,", r"GroundTruth.csv:3: NV='yes' is not 0 or 1"),
-        ("ISIC_0000001,0.0,1.0,", "ISIC_0000000,0.0,1.0,", r"GroundTruth.csv:3: duplicate image 'ISIC_0000000' \(first at line 2\)"),
+        (
+            "ISIC_0000001,0.0,1.0,",
+            "ISIC_0000000,0.0,1.0,",
+            r"GroundTruth.csv:3: duplicate image 'ISIC_0000000' \(first at line 2\)",
+        ),
     ],
 )
 def test_bad_isic_ground_truth_names_the_line(

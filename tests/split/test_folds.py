@@ -50,3 +50,35 @@ def test_leakage_is_detected() -> None:
     table = pd.DataFrame({"lesion_group": ["a", "a", "b"], "fold": [0, 1, 1], "image_id": ["1", "2", "3"]})
     with pytest.raises(CrossdermError, match="lesion leakage: 1 lesion groups span several folds"):
         check_grouped_folds(table)
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "splits" / "ham10000_isic2019_5fold_seed0.csv"
+
+
+def test_shipped_split_file_is_what_prepare_computes(real_table: pd.DataFrame) -> None:
+    shipped = pd.read_csv(SHIPPED, dtype={"image_id": str})
+    assert len(shipped) == 10015 + 15316
+    merged = real_table.merge(shipped, on=["source", "image_id"], suffixes=("", "_shipped"))
+    assert len(merged) == len(real_table)
+    assert (merged["fold"] == merged["fold_shipped"]).all()
+    assert (merged["lesion_group"] == merged["lesion_group_shipped"]).all()
+
+
+def test_split_file_reproduces_folds_under_another_seed(shared_data: Path) -> None:
+    config = PrepareConfig(out=Path("unused"), ham=shared_data / "HAM10000", seed=123, splits=SHIPPED)
+    table, _, _ = harmonised_table(config)
+    shipped = pd.read_csv(SHIPPED, dtype={"image_id": str}).set_index(["source", "image_id"])["fold"]
+    assert table.set_index(["source", "image_id"])["fold"].equals(
+        shipped.loc[table.set_index(["source", "image_id"]).index]
+    )
+
+
+def test_split_file_must_cover_every_image_with_its_lesion(synth_raw: Path, tmp_path: Path) -> None:
+    table, _, _ = harmonised_table(PrepareConfig(out=tmp_path, ham=synth_raw / "HAM10000"))
+    partial = tmp_path / "partial.csv"
+    table.iloc[3:].to_csv(partial, index=False)
+    with pytest.raises(CrossdermError, match=r"partial.csv: 3 labelled images are not in the split file"):
+        harmonised_table(PrepareConfig(out=tmp_path, ham=synth_raw / "HAM10000", splits=partial))
+    # synthetic HAM ids reuse the real id range, but their lesions differ from the real ones
+    with pytest.raises(CrossdermError, match=r"has another lesion group in the split file"):
+        harmonised_table(PrepareConfig(out=tmp_path, ham=synth_raw / "HAM10000", splits=SHIPPED))

@@ -21,7 +21,9 @@ def test_everything_off_is_identity() -> None:
 
 def test_flips_and_rotations_are_exact_dihedral_transforms() -> None:
     images = _images(32)
-    config = AugmentConfig(flips=True, rotate90=True, min_area=1.0, brightness=0, contrast=0, saturation=0, channel_gain=0)
+    config = AugmentConfig(
+        flips=True, rotate90=True, min_area=1.0, brightness=0, contrast=0, saturation=0, channel_gain=0
+    )
     out = augment_batch(images, config, torch.Generator().manual_seed(2))
     seen = set()
     for image, result in zip(images, out, strict=True):

@@ -19,9 +19,21 @@ from crossderm.train.cv import run_cv
 # optimisation step as one process over the same 32 images, up to floating-point summation order and the
 # one image the sampler repeats to pad an odd epoch to two equal shards. Adam turns such tiny gradient
 # differences into visible (~1e-2) probability differences after 16 steps, hence the tolerances below.
-EXACT = ["model=test_convnext", "epochs=2", "eval_batch_size=128", "lr=5e-4", "channels_last=false", "tta=2",
-         "augment.flips=false", "augment.rotate90=false", "augment.min_area=1.0", "augment.brightness=0",
-         "augment.contrast=0", "augment.saturation=0", "augment.channel_gain=0"]
+EXACT = [
+    "model=test_convnext",
+    "epochs=2",
+    "eval_batch_size=128",
+    "lr=5e-4",
+    "channels_last=false",
+    "tta=2",
+    "augment.flips=false",
+    "augment.rotate90=false",
+    "augment.min_area=1.0",
+    "augment.brightness=0",
+    "augment.contrast=0",
+    "augment.saturation=0",
+    "augment.channel_gain=0",
+]
 
 
 def test_torchrun_two_processes_match_single_process(synth_prepared: Path, tmp_path: Path) -> None:
@@ -29,16 +41,39 @@ def test_torchrun_two_processes_match_single_process(synth_prepared: Path, tmp_p
     run_cv(load_config("demo_b_joint", [*EXACT, "batch_size=32"]), synth_prepared, single_dir, folds=[0])
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "crossderm", "cv", "--config", "demo_b_joint", "--data", str(synth_prepared),
-               "--out", str(ddp_dir), "--fold", "0", "--device", "cpu",
-               *[f"--set={o}" for o in [*EXACT, "batch_size=16"]]]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "crossderm",
+        "cv",
+        "--config",
+        "demo_b_joint",
+        "--data",
+        str(synth_prepared),
+        "--out",
+        str(ddp_dir),
+        "--fold",
+        "0",
+        "--device",
+        "cpu",
+        *[f"--set={o}" for o in [*EXACT, "batch_size=16"]],
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
     fold = ddp_dir / "fold_0"
     assert sorted(p.name for p in fold.iterdir()) == [
-        "best.safetensors", "checkpoint", "history.csv", "model.json", "predictions.csv", "val_predictions.csv",
+        "best.safetensors",
+        "checkpoint",
+        "history.csv",
+        "model.json",
+        "predictions.csv",
+        "val_predictions.csv",
     ]
     assert not list(ddp_dir.rglob(".*"))  # no staging folders or temp files left by a second writer
     assert json.loads((ddp_dir / "run.json").read_text())["environment"]["world_size"] == 2

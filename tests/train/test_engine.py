@@ -48,7 +48,9 @@ def test_same_seed_same_predictions(synth_prepared: Path, tmp_path: Path) -> Non
     assert not np.allclose(first[list(CLASSES)], other[list(CLASSES)])
 
 
-def test_resumed_fold_matches_uninterrupted(synth_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resumed_fold_matches_uninterrupted(
+    synth_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reference = _fold_predictions(synth_prepared, tmp_path / "whole")
     original = FoldTrainer.train_epoch
 
@@ -63,8 +65,20 @@ def test_resumed_fold_matches_uninterrupted(synth_prepared: Path, tmp_path: Path
     state = json.loads((tmp_path / "crashed" / "fold_1" / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 2
     monkeypatch.setattr(FoldTrainer, "train_epoch", original)
-    code = main(["cv", "--config", "demo_b_joint", "--data", str(synth_prepared), "--out", str(tmp_path / "crashed"),
-                 "--fold", "1", *[f"--set={o}" for o in FAST]])
+    code = main(
+        [
+            "cv",
+            "--config",
+            "demo_b_joint",
+            "--data",
+            str(synth_prepared),
+            "--out",
+            str(tmp_path / "crashed"),
+            "--fold",
+            "1",
+            *[f"--set={o}" for o in FAST],
+        ]
+    )
     assert code == 2  # a checkpoint without --resume is refused, never silently overwritten
     config = load_config("demo_b_joint", FAST)
     run_cv(config, synth_prepared, tmp_path / "crashed", folds=[1], resume=True)
@@ -74,8 +88,20 @@ def test_resumed_fold_matches_uninterrupted(synth_prepared: Path, tmp_path: Path
 
 def test_cv_pools_every_image_exactly_once(synth_prepared: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code = main(["cv", "--config", "demo_a_ham_only", "--data", str(synth_prepared), "--out", str(out),
-                 "--bootstrap", "200", *[f"--set={o}" for o in [*FAST, "epochs=1"]]])
+    code = main(
+        [
+            "cv",
+            "--config",
+            "demo_a_ham_only",
+            "--data",
+            str(synth_prepared),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "200",
+            *[f"--set={o}" for o in [*FAST, "epochs=1"]],
+        ]
+    )
     assert code == 0
     manifest, _ = load_dataset(synth_prepared)
     oof = pd.read_csv(out / "oof_predictions.csv", dtype={"image_id": str})

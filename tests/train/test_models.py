@@ -59,3 +59,17 @@ def test_offline_without_a_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
 def test_unknown_model() -> None:
     with pytest.raises(CrossdermError, match="unknown model 'convnext_huge_typo'"):
         create_model("convnext_huge_typo")
+
+
+def test_cv_pretrained_path_flag_reaches_the_model(tmp_path: Path) -> None:
+    from crossderm.train.config import load_config, with_pretrained_paths
+
+    source = timm.create_model("test_efficientnet", num_classes=1000)
+    path = tmp_path / "eff.safetensors"
+    save_file(source.state_dict(), path)
+    config = with_pretrained_paths(load_config("demo_a_ham_only", ["model=test_efficientnet"]), [str(path)])
+    assert config.pretrained and config.pretrained_path == str(path)
+    model = create_model(config.model, pretrained=config.pretrained, pretrained_path=config.pretrained_path)
+    assert torch.equal(model.conv_stem.weight, source.conv_stem.weight)
+    with pytest.raises(CrossdermError, match="is not a file"):
+        with_pretrained_paths(config, [str(tmp_path / "absent.safetensors")])

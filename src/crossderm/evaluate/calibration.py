@@ -32,8 +32,15 @@ def reliability_curve(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BIN
     mean_confidence = np.bincount(bins, weights=confidence, minlength=n_bins) / np.maximum(count, 1)
     accuracy = np.bincount(bins, weights=correct, minlength=n_bins) / np.maximum(count, 1)
     edges = np.arange(n_bins) / n_bins
-    return pd.DataFrame({"bin_low": edges, "bin_high": edges + 1 / n_bins, "count": count,
-                         "confidence": mean_confidence, "accuracy": accuracy})
+    return pd.DataFrame(
+        {
+            "bin_low": edges,
+            "bin_high": edges + 1 / n_bins,
+            "count": count,
+            "confidence": mean_confidence,
+            "accuracy": accuracy,
+        }
+    )
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> float:

@@ -53,7 +53,9 @@ def load_fold(fold_dir: Path, device: torch.device) -> FoldModel:
     if not weights.is_file():
         raise CrossdermError(f"{weights}: weights file missing")
     if sha256_file(weights) != card["sha256"]:
-        raise CrossdermError(f"{weights}: sha256 does not match {fold_dir / 'model.json'} (corrupt or tampered); refusing it")
+        raise CrossdermError(
+            f"{weights}: sha256 does not match {fold_dir / 'model.json'} (corrupt or tampered); refusing it"
+        )
     model = create_model(card["model"], num_classes=len(card["classes"]))
     try:
         model.load_state_dict(load_file(weights, device="cpu"), strict=True)
@@ -84,7 +86,11 @@ class Ensemble:
     """The fold models of a run; probabilities are averaged over folds and TTA views."""
 
     def __init__(
-        self, run_dir: Path, folds: list[int] | None = None, device: str | torch.device = "cpu", calibrated: bool = False
+        self,
+        run_dir: Path,
+        folds: list[int] | None = None,
+        device: str | torch.device = "cpu",
+        calibrated: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)

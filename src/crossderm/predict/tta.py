@@ -18,9 +18,11 @@ def tta_views(images: torch.Tensor, views: int) -> torch.Tensor:
     if not 1 <= views <= len(VIEW_FLIPS):
         raise ValueError(f"tta views must be 1..{len(VIEW_FLIPS)}, got {views}")
     stacked = torch.cat([images.flip(dims) if dims else images for dims in VIEW_FLIPS[:views]])
-    return stacked.contiguous(memory_format=torch.channels_last) if images.is_contiguous(
-        memory_format=torch.channels_last
-    ) else stacked
+    return (
+        stacked.contiguous(memory_format=torch.channels_last)
+        if images.is_contiguous(memory_format=torch.channels_last)
+        else stacked
+    )
 
 
 @torch.inference_mode()

@@ -76,7 +76,11 @@ def _leaking_pairs(table: pd.DataFrame, pairs: np.ndarray) -> pd.DataFrame:
     cross_source = frame["source_a"] != frame["source_b"]
     cross_fold = ~cross_source & (frame["fold_a"] != frame["fold_b"])
     frame["kind"] = np.where(cross_source, "cross_source", np.where(cross_fold, "cross_fold", "same_fold"))
-    return frame[frame["kind"] != "same_fold"].sort_values(["correlation", "image_a"], ascending=[False, True]).reset_index(drop=True)
+    return (
+        frame[frame["kind"] != "same_fold"]
+        .sort_values(["correlation", "image_a"], ascending=[False, True])
+        .reset_index(drop=True)
+    )
 
 
 def _images_per_lesion(table: pd.DataFrame) -> dict[str, dict]:
@@ -139,8 +143,7 @@ def build_audit(
             for source, part in kept.groupby("source")
         },
         "per_fold": {
-            f"{source}/{label}": {str(f): int(n) for f, n in row.items()}
-            for (source, label), row in folds.iterrows()
+            f"{source}/{label}": {str(f): int(n) for f, n in row.items()} for (source, label), row in folds.iterrows()
         },
         "lesions": _images_per_lesion(kept),
         "lesion_grouping": {

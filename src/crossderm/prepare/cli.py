@@ -9,6 +9,8 @@ EPILOG = """examples:
   crossderm prepare --ham data/HAM10000 --isic data/ISIC2019 --out prepared/real --image-size 224
   crossderm prepare --ham ../shared/data/HAM10000 --isic ../shared/data/ISIC2019 --out prepared/sample \\
       --image-size 128 --allow-missing
+  crossderm prepare --ham data/HAM10000 --isic data/ISIC2019 --out prepared/real \\
+      --splits splits/ham10000_isic2019_5fold_seed0.csv    # the exact shipped folds
   crossderm prepare --isic data/ISIC2019 --out prepared/isic --label-map configs/label_map_scc_dropped.yaml
 """
 
@@ -26,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     parser.add_argument("--isic", type=Path, help="ISIC 2019 folder (training ground truth + metadata CSVs, images)")
     parser.add_argument("--out", type=Path, required=True, help="DATA_DIR to create")
     parser.add_argument("--folds", type=int, default=5, help="folds per source")
+    parser.add_argument("--splits", type=Path, help="reuse the folds of a split file (e.g. splits/*.csv) instead")
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     parser.add_argument("--image-size", type=int, default=224, help="side of the cached square images (px)")
     parser.add_argument("--allow-missing", action="store_true", help="drop (and count) rows whose image is absent")
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         max_hamming=args.max_hamming,
         min_correlation=args.min_correlation,
+        splits=args.splits,
     )
     audit = prepare(config)
     print(render_audit(audit))

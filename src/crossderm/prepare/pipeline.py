@@ -21,7 +21,7 @@ from crossderm.labels import CLASSES, load_label_map
 from crossderm.prepare.audit import build_audit, confirm_pairs, near_duplicate_pairs, render_audit
 from crossderm.prepare.cache import build_cache, open_cache
 from crossderm.prepare.sources import SourceReport, read_ham10000, read_isic2019
-from crossderm.split.folds import assign_folds, lesion_groups
+from crossderm.split.folds import SPLIT_COLUMNS, assign_folds, folds_from_file, lesion_groups
 
 MANIFEST_COLUMNS = [
     "image_id",
@@ -51,6 +51,7 @@ class PrepareConfig:
     workers: int | None = None
     overwrite: bool = False
     max_hamming: int = 8
+    splits: Path | None = None
     min_correlation: float = 0.95
 
 
@@ -70,7 +71,10 @@ def harmonised_table(config: PrepareConfig) -> tuple[pd.DataFrame, dict[str, Sou
         tables.append(isic)
     table = pd.concat(tables, ignore_index=True)
     table["lesion_group"] = lesion_groups(table)
-    table["fold"] = assign_folds(table, config.folds, config.seed)
+    if config.splits is None:
+        table["fold"] = assign_folds(table, config.folds, config.seed)
+    else:
+        table["fold"] = folds_from_file(table, config.splits)
     return table, reports, label_map
 
 
@@ -99,16 +103,21 @@ def prepare(config: PrepareConfig) -> dict:
             "crossderm_version": __version__,
             "classes": list(CLASSES),
             "sources": sorted(kept["source"].unique()),
-            "folds": config.folds,
+            "folds": int(labelled["fold"].nunique()),
             "seed": config.seed,
+            "splits_file": str(config.splits) if config.splits else None,
             "image_size": config.image_size,
             "cache_file": cache_name,
             "aspect": "shorter side resized to image_size, centre square crop",
             "label_map": label_map,
             "images": len(kept),
-            "inputs": {"ham": str(config.ham) if config.ham else None, "isic": str(config.isic) if config.isic else None},
+            "inputs": {
+                "ham": str(config.ham) if config.ham else None,
+                "isic": str(config.isic) if config.isic else None,
+            },
         }
         atomic_write_text(staging / "manifest.csv", kept[MANIFEST_COLUMNS].to_csv(index=False))
+        atomic_write_text(staging / "splits.csv", labelled[SPLIT_COLUMNS].to_csv(index=False))
         atomic_write_json(staging / "dataset.json", dataset)
         atomic_write_json(staging / "audit.json", audit)
         atomic_write_text(staging / "audit.md", render_audit(audit))
@@ -122,6 +131,8 @@ def load_dataset(data_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     for path in (manifest_path, info_path):
         if not path.is_file():
             raise CrossdermError(f"{path}: not found (run `crossderm prepare` to create {data_dir})")
-    manifest = pd.read_csv(manifest_path, dtype={"image_id": str, "lesion_id": str, "phash": str}, keep_default_na=False)
+    manifest = pd.read_csv(
+        manifest_path, dtype={"image_id": str, "lesion_id": str, "phash": str}, keep_default_na=False
+    )
     info = json.loads(info_path.read_text())
     return manifest, info

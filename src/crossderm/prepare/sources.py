@@ -47,7 +47,9 @@ def read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise CrossdermError(f"{at(path, 1)}: missing column(s) {', '.join(missing)} (have: {', '.join(frame.columns)})")
+        raise CrossdermError(
+            f"{at(path, 1)}: missing column(s) {', '.join(missing)} (have: {', '.join(frame.columns)})"
+        )
     for column in frame.columns:
         frame[column] = frame[column].str.strip()
     return frame
@@ -206,9 +208,7 @@ def _parse_onehot(truth: pd.DataFrame, path: Path) -> np.ndarray:
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise CrossdermError(
-            f"{at(path, _line(row))}: {ISIC2019_COLUMNS[col]}={raw.iat[row, col]!r} is not 0 or 1"
-        )
+        raise CrossdermError(f"{at(path, _line(row))}: {ISIC2019_COLUMNS[col]}={raw.iat[row, col]!r} is not 0 or 1")
     sums = values.sum(axis=1)
     wrong = np.flatnonzero(sums != 1)
     if len(wrong):

@@ -90,6 +90,7 @@ class Run:
     metrics: dict[str, Any]
     predictions: pd.DataFrame
     histories: dict[int, pd.DataFrame]
+    calibration: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ def load_run(run_dir: str | Path) -> Run:
         metrics=metrics,
         predictions=load_predictions(predictions_path),
         histories=_read_histories(run_dir),
+        calibration=_read_json(run_dir / "calibration.json") if (run_dir / "calibration.json").is_file() else None,
     )
 
 
@@ -420,7 +422,31 @@ def build_tables(runs: list[Run], summary: dict[str, Any]) -> list[Table]:
         rows2,
         f"F1 [{ci}]; n/a = class absent from that test set.",
     )
-    return [table1, gap_table, reduction_table, table2]
+    tables = [table1, gap_table, reduction_table, table2]
+    calibrated = [run for run in runs if run.calibration]
+    if calibrated:
+        rows = [
+            (
+                run.name,
+                SOURCE_LABELS.get(source, source),
+                f"{info['ece_before']:.4f}",
+                f"{info['ece_after']:.4f}",
+                ", ".join(f"{t:.2f}" for t in run.calibration["temperature"].values()),
+            )
+            for run in calibrated
+            for source, info in run.calibration["sources"].items()
+        ]
+        tables.append(
+            Table(
+                "Calibration: expected calibration error of the out-of-fold predictions",
+                ("experiment", "test set", "ECE before", "ECE after", "temperature per fold"),
+                rows,
+                f"Top-label ECE, {calibrated[0].calibration['n_bins']} equal-width bins. Temperature scaling of the "
+                "log-probabilities, fitted per fold on its inner validation split only (never on test images).",
+                text_columns=2,
+            )
+        )
+    return tables
 
 
 def _png(fig: Figure) -> bytes:
@@ -513,8 +539,31 @@ def plot_curves(run: Run, filename: str) -> Plot:
     return Plot(filename, f"Training curves of {run.name}, one line per fold.", _png(fig))
 
 
+def plot_reliability(run: Run, filename: str) -> Plot:
+    from matplotlib.figure import Figure
+
+    sources = list(run.calibration["sources"])
+    fig = Figure(figsize=(4.2 * len(sources), 4.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(sources)))
+    for ax, source in zip(axes, sources, strict=True):
+        info = run.calibration["sources"][source]
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+        for key, label in (("reliability_before", "before"), ("reliability_after", "after")):
+            curve = pd.DataFrame(info[key])
+            curve = curve[curve["count"] > 0]
+            ece = info[f"ece_{label}"]
+            ax.plot(curve["confidence"], curve["accuracy"], marker="o", label=f"{label} (ECE {ece:.3f})")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=SOURCE_LABELS.get(source, source))
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(run.name)
+    return Plot(filename, f"Reliability diagrams of {run.name}, before and after temperature scaling.", _png(fig))
+
+
 def build_plots(runs: list[Run]) -> list[Plot]:
     plots = [plot_per_class_f1(runs)]
+    plots += [plot_reliability(run, f"reliability_{_slug(i, run.name)}.png")
+              for i, run in enumerate(runs, 1) if run.calibration]
     plots += [plot_confusions(run, f"confusion_{_slug(i, run.name)}.png") for i, run in enumerate(runs, 1)]
     plots += [plot_curves(run, f"curves_{_slug(i, run.name)}.png") for i, run in enumerate(runs, 1) if run.histories]
     return plots

@@ -153,7 +153,7 @@ def provenance(ensemble: Ensemble, limits: ServeLimits) -> dict[str, Any]:
         sources = {
             name: {"n": summary.get("n"), **{key: summary.get(key) for key in HEADLINE}}
             for name, summary in metrics.items()
-            if name not in ("gap", "bootstrap") and isinstance(summary, dict)
+            if name != "gap" and isinstance(summary, dict) and "macro_f1" in summary
         }
     environment = run.get("environment", {})
     return {

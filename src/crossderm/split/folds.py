@@ -8,6 +8,7 @@ carries a ``lesion_group`` (its lesion id, or its own image id when it has none)
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,37 @@ def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.Series:
     return folds
 
 
+SPLIT_COLUMNS = ["source", "image_id", "lesion_group", "label", "fold"]
+
+
+def folds_from_file(table: pd.DataFrame, path: Path) -> pd.Series:
+    """Folds from a split file (``splits.csv`` of an earlier prepare, or one shipped in ``splits/``).
+
+    Reusing the exact file makes folds independent of the scikit-learn version and of the seed. Every
+    labelled image must be listed, with the same lesion group; the grouping check runs again.
+    """
+    try:
+        splits = pd.read_csv(path, dtype={"image_id": str, "lesion_group": str}, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise CrossdermError(f"{path}: cannot read split file ({str(exc).splitlines()[0]})") from None
+    missing_columns = [c for c in ("source", "image_id", "fold") if c not in splits.columns]
+    if missing_columns:
+        raise CrossdermError(f"{path}:1: missing column(s) {', '.join(missing_columns)}")
+    merged = table[["source", "image_id", "lesion_group"]].merge(
+        splits, on=["source", "image_id"], how="left", suffixes=("", "_file"), validate="one_to_one"
+    )
+    absent = merged["fold"].isna()
+    if absent.any():
+        examples = ", ".join(merged.loc[absent, "image_id"].head(3))
+        raise CrossdermError(f"{path}: {int(absent.sum())} labelled images are not in the split file (e.g. {examples})")
+    if "lesion_group_file" in merged and (merged["lesion_group_file"] != merged["lesion_group"]).any():
+        row = merged.index[merged["lesion_group_file"] != merged["lesion_group"]][0]
+        raise CrossdermError(f"{path}: image {merged.at[row, 'image_id']} has another lesion group in the split file")
+    folds = pd.Series(merged["fold"].astype(int).to_numpy(), index=table.index)
+    check_grouped_folds(table.assign(fold=folds))
+    return folds
+
+
 def check_grouped_folds(table: pd.DataFrame) -> None:
     """Fail loudly if any lesion group appears in two folds, or any row has no fold."""
     if (table["fold"] < 0).any():
@@ -52,7 +84,9 @@ def check_grouped_folds(table: pd.DataFrame) -> None:
 
 def fold_table(table: pd.DataFrame) -> pd.DataFrame:
     """Images per (source, label) x fold, the table a reader checks stratification with."""
-    return table.pivot_table(index=["source", "label"], columns="fold", values="image_id", aggfunc="count", fill_value=0)
+    return table.pivot_table(
+        index=["source", "label"], columns="fold", values="image_id", aggfunc="count", fill_value=0
+    )
 
 
 def inner_validation(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:

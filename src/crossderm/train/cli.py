@@ -8,10 +8,13 @@ from pathlib import Path
 CV_EPILOG = """examples:
   crossderm cv --config demo_b_joint --data demo/data/prepared --out runs/b
   crossderm cv --config paper_b_joint_convnext_tiny --data prepared/real --out runs/paper_b \\
-      --set pretrained_path=weights/convnext_tiny.safetensors
-  crossderm cv --config paper_b_joint_convnext_tiny --data prepared/real --out runs/paper_b --fold 2   # one fold per job
-  crossderm cv --config runs/paper_b/config.yaml --data prepared/real --out runs/paper_b --resume     # after a crash
-  torchrun --nproc_per_node 4 -m crossderm cv --config paper_b_joint_convnext_tiny --data prepared/real --out runs/b
+      --pretrained-path weights/convnext_tiny.safetensors
+  crossderm cv --config paper_a_ham_only_fusion --data prepared/real --out runs/paper_a \\
+      --pretrained-path convnext_small=weights/cs.safetensors --pretrained-path efficientnet_b3=weights/b3.safetensors
+  crossderm cv --config paper_b_joint_convnext_tiny --data prepared/real --out runs/b --fold 2   # one fold per job
+  crossderm cv --config runs/b/config.yaml --data prepared/real --out runs/b --resume           # after a crash
+  torchrun --standalone --nproc_per_node 4 -m crossderm cv --config paper_b_joint_convnext_tiny \\
+      --data prepared/real --out runs/b
 presets: see `crossderm cv --list-presets`
 """
 
@@ -30,8 +33,21 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     parser.add_argument("--out", type=Path, help="RUN_DIR for checkpoints, predictions and metrics")
     parser.add_argument("--fold", type=int, action="append", help="train only this fold (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue interrupted folds from their checkpoints")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config setting, e.g. --set epochs=5 --set augment.min_area=0.5")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config setting, e.g. --set epochs=5 --set augment.min_area=0.5",
+    )
+    parser.add_argument(
+        "--pretrained-path",
+        action="append",
+        default=[],
+        metavar="[BACKBONE=]FILE",
+        help="local safetensors weights (implies pretrained); BACKBONE=FILE per backbone of a fusion model",
+    )
     parser.add_argument("--tta", type=int, choices=(1, 2, 3, 4), help="test-time views (4 = id, h-flip, v-flip, both)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the pooled metrics")
@@ -41,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     pool = subparsers.add_parser(
         "pool",
         help="join the folds of a run into oof_predictions.csv and evaluate it",
-        description="Pool every fold's test predictions of RUN_DIR and write metrics.json (for folds run as separate jobs).",
+        description="Pool every fold's test predictions of RUN_DIR and write metrics.json "
+        "(for folds run as separate jobs).",
         epilog="example:\n  crossderm pool runs/paper_b",
         formatter_class=formatter_class,
     )
@@ -53,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
 
 def run_cv_command(args: argparse.Namespace) -> int:
     from crossderm.errors import CrossdermError
-    from crossderm.train.config import load_config, preset_names
+    from crossderm.train.config import load_config, preset_names, with_pretrained_paths
     from crossderm.train.cv import init_distributed, run_cv
 
     if args.list_presets:
@@ -64,6 +81,8 @@ def run_cv_command(args: argparse.Namespace) -> int:
         raise CrossdermError(f"missing {', '.join(missing)}")
     overrides = list(args.overrides) + ([f"tta={args.tta}"] if args.tta else [])
     config = load_config(args.config, overrides)
+    if args.pretrained_path:
+        config = with_pretrained_paths(config, args.pretrained_path)
     init_distributed()
     metrics = run_cv(config, args.data, args.out, args.fold, args.resume, args.device, args.bootstrap)
     if metrics is not None:

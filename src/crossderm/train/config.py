@@ -49,7 +49,9 @@ class ExperimentConfig:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("crossderm.configs").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in resources.files("crossderm.configs").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _read_yaml(path_or_name: str | Path) -> tuple[dict[str, Any], str]:
@@ -59,7 +61,9 @@ def _read_yaml(path_or_name: str | Path) -> tuple[dict[str, Any], str]:
     else:
         preset = resources.files("crossderm.configs") / f"{path_or_name}.yaml"
         if not preset.is_file():
-            raise CrossdermError(f"{path_or_name}: no such config file or preset (presets: {', '.join(preset_names())})")
+            raise CrossdermError(
+                f"{path_or_name}: no such config file or preset (presets: {', '.join(preset_names())})"
+            )
         text, where = preset.read_text(), f"preset {path_or_name}"
     try:
         raw = yaml.safe_load(text) or {}
@@ -136,3 +140,21 @@ def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
 def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     raw, where = _read_yaml(path_or_name)
     return build_config(apply_overrides(raw, overrides or []), where)
+
+
+def with_pretrained_paths(config: ExperimentConfig, specs: list[str]) -> ExperimentConfig:
+    """``FILE`` (single backbone) or ``BACKBONE=FILE`` entries -> ``pretrained_path``; each file must exist."""
+    named: dict[str, str] = {}
+    plain: list[str] = []
+    for spec in specs:
+        name, sep, file = spec.rpartition("=")
+        path = file if sep else spec
+        if not Path(path).is_file():
+            raise CrossdermError(f"--pretrained-path {spec}: {path} is not a file")
+        if sep:
+            named[name] = path
+        else:
+            plain.append(path)
+    if plain and (named or len(plain) > 1):
+        raise CrossdermError("give one --pretrained-path FILE, or BACKBONE=FILE for every backbone")
+    return dataclasses.replace(config, pretrained=True, pretrained_path=plain[0] if plain else named)

@@ -34,7 +34,12 @@ PREDICTIONS = "predictions.csv"
 def git_revision() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5, check=False
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -49,14 +54,18 @@ def environment(runtime: Runtime) -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "device": str(runtime.device),
-        "device_name": torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(runtime.device)
+        if runtime.device.type == "cuda"
+        else platform.processor(),
         "cpu_threads": torch.get_num_threads(),
         "world_size": runtime.world_size,
         "bf16_autocast": runtime.amp,
     }
 
 
-def _write_run_files(run_dir: Path, config: ExperimentConfig, data_dir: Path, runtime: Runtime, parameters: int) -> None:
+def _write_run_files(
+    run_dir: Path, config: ExperimentConfig, data_dir: Path, runtime: Runtime, parameters: int
+) -> None:
     """Record the resolved config once; a different config in an existing run folder is refused."""
     config_path = run_dir / "config.yaml"
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
@@ -65,7 +74,12 @@ def _write_run_files(run_dir: Path, config: ExperimentConfig, data_dir: Path, ru
     atomic_write_text(config_path, text)
     atomic_write_json(
         run_dir / "run.json",
-        {"experiment": config.name, "data": str(data_dir.absolute()), "parameters": parameters, "environment": environment(runtime)},
+        {
+            "experiment": config.name,
+            "data": str(data_dir.absolute()),
+            "parameters": parameters,
+            "environment": environment(runtime),
+        },
     )
 
 
@@ -102,7 +116,9 @@ def run_cv(
         predictions = trainer.run(resume=resume)
         if runtime.is_main:
             atomic_write_text(fold_dir / PREDICTIONS, predictions.to_csv(index=False))
-            print(f"fold {fold}: done in {time.perf_counter() - started:.1f} s, best epoch {trainer.state['best_epoch']}")
+            print(
+                f"fold {fold}: done in {time.perf_counter() - started:.1f} s, best epoch {trainer.state['best_epoch']}"
+            )
         if dist.is_initialized():
             dist.barrier()
     missing = [f for f in all_folds if not (run_dir / f"fold_{f}" / PREDICTIONS).is_file()]
@@ -125,14 +141,18 @@ def pool(run_dir: Path, n_bootstrap: int = 2000, seed: int = 0) -> dict:
     pooled = pd.concat([pd.read_csv(f, dtype={"image_id": str}) for f in fold_files], ignore_index=True)
     duplicated = pooled.duplicated(["source", "image_id"])
     if duplicated.any():
-        raise CrossdermError(f"{run_dir}: image {pooled.loc[duplicated.idxmax(), 'image_id']} is predicted by two folds")
+        raise CrossdermError(
+            f"{run_dir}: image {pooled.loc[duplicated.idxmax(), 'image_id']} is predicted by two folds"
+        )
     oof = run_dir / "oof_predictions.csv"
     atomic_write_text(oof, pooled.to_csv(index=False))
     metrics, markdown = evaluate_file(oof, run_dir, n_bootstrap, seed)
     print(markdown, end="")
     calibration = calibrate_run(run_dir)
     for source, info in calibration["sources"].items():
-        print(f"calibration {source}: ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f} with per-fold temperature")
+        print(
+            f"calibration {source}: ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f} with per-fold temperature"
+        )
     return metrics
 
 

@@ -82,13 +82,19 @@ class FoldData:
 def fold_data(manifest: pd.DataFrame, config: ExperimentConfig, fold: int) -> FoldData:
     for source in {*config.train_sources, *config.test_sources}:
         if source not in set(manifest["source"]):
-            raise CrossdermError(f"source {source!r} is not in the prepared data (have {sorted(set(manifest['source']))})")
+            raise CrossdermError(
+                f"source {source!r} is not in the prepared data (have {sorted(set(manifest['source']))})"
+            )
     if fold not in set(manifest["fold"]):
         raise CrossdermError(f"fold {fold} does not exist (folds: {sorted(set(manifest['fold']))})")
-    training = manifest[manifest["source"].isin(config.train_sources) & (manifest["fold"] != fold)].reset_index(drop=True)
+    training = manifest[manifest["source"].isin(config.train_sources) & (manifest["fold"] != fold)].reset_index(
+        drop=True
+    )
     val_mask = inner_validation(training, config.val_fraction, config.seed + fold)
     test = manifest[manifest["source"].isin(config.test_sources) & (manifest["fold"] == fold)].reset_index(drop=True)
-    return FoldData(train=training[~val_mask].reset_index(drop=True), val=training[val_mask].reset_index(drop=True), test=test)
+    return FoldData(
+        train=training[~val_mask].reset_index(drop=True), val=training[val_mask].reset_index(drop=True), test=test
+    )
 
 
 def _labels(frame: pd.DataFrame) -> np.ndarray:
@@ -171,16 +177,29 @@ class FoldTrainer:
             self.train_model = torch.compile(self.train_model)
         normalise = Normalise(mean, std, config.channels_last)
         self.train_batches = CacheBatches(
-            cache, self.data.train["cache_index"].to_numpy(), _labels(self.data.train), config.batch_size, runtime.device, normalise
+            cache,
+            self.data.train["cache_index"].to_numpy(),
+            _labels(self.data.train),
+            config.batch_size,
+            runtime.device,
+            normalise,
         )
         eval_args = (config.eval_batch_size, runtime.device, normalise)
-        self.val_batches = CacheBatches(cache, self.data.val["cache_index"].to_numpy(), _labels(self.data.val), *eval_args)
-        self.test_batches = CacheBatches(cache, self.data.test["cache_index"].to_numpy(), _labels(self.data.test), *eval_args)
-        weights = sampling_weights(config.sampler, self.data.train["label"].to_numpy(), self.data.train["source"].to_numpy())
+        self.val_batches = CacheBatches(
+            cache, self.data.val["cache_index"].to_numpy(), _labels(self.data.val), *eval_args
+        )
+        self.test_batches = CacheBatches(
+            cache, self.data.test["cache_index"].to_numpy(), _labels(self.data.test), *eval_args
+        )
+        weights = sampling_weights(
+            config.sampler, self.data.train["label"].to_numpy(), self.data.train["source"].to_numpy()
+        )
         self.sampler = EpochSampler(weights, len(self.data.train), config.seed + fold, runtime.rank, runtime.world_size)
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
         self.optimizer = torch.optim.AdamW(
-            param_groups_weight_decay(self.model, config.weight_decay), lr=config.lr, fused=runtime.device.type == "cuda"
+            param_groups_weight_decay(self.model, config.weight_decay),
+            lr=config.lr,
+            fused=runtime.device.type == "cuda",
         )
         warmup = round(config.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -200,13 +219,18 @@ class FoldTrainer:
             return
         with atomic_directory(self.checkpoint_dir, overwrite=True) as staging:
             save_file(_state_dict(self.model), staging / "model.safetensors")
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, staging / "optimizer.pt")
+            torch.save(
+                {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                staging / "optimizer.pt",
+            )
             atomic_write_json(staging / "state.json", self.state)
 
     def load_checkpoint(self) -> bool:
         if not (self.checkpoint_dir / "state.json").is_file():
             return False
-        self.model.load_state_dict(load_file(self.checkpoint_dir / "model.safetensors", device=str(self.runtime.device)))
+        self.model.load_state_dict(
+            load_file(self.checkpoint_dir / "model.safetensors", device=str(self.runtime.device))
+        )
         saved = torch.load(self.checkpoint_dir / "optimizer.pt", map_location=self.runtime.device, weights_only=True)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -226,8 +250,14 @@ class FoldTrainer:
         autocast = torch.autocast(self.runtime.device.type, dtype=torch.bfloat16) if self.runtime.amp else nullcontext()
         started = time.perf_counter()
         batches = self.train_batches.batches(order, self.config.augment, generator)
-        progress = tqdm(batches, total=self.steps_per_epoch, desc=f"fold {self.fold} epoch {epoch + 1}/{self.config.epochs}",
-                        unit="batch", leave=False, disable=None if self.runtime.is_main else True)
+        progress = tqdm(
+            batches,
+            total=self.steps_per_epoch,
+            desc=f"fold {self.fold} epoch {epoch + 1}/{self.config.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None if self.runtime.is_main else True,
+        )
         for images, labels in progress:
             with autocast:
                 loss = self.loss_fn(self.train_model(images), labels)
@@ -271,9 +301,14 @@ class FoldTrainer:
                     _atomic_save_weights(self.model, best_path)
             else:
                 self.state["stale_epochs"] += 1
-            row = {"epoch": epoch + 1, "train_loss": round(loss, 5), "val_macro_f1": round(score, 5),
-                   "lr": self.scheduler.get_last_lr()[0], "images_per_s": round(speed, 1),
-                   "seconds": round(time.perf_counter() - started, 2)}
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": round(loss, 5),
+                "val_macro_f1": round(score, 5),
+                "lr": self.scheduler.get_last_lr()[0],
+                "images_per_s": round(speed, 1),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
             self.state["history"].append(row)
             self.state["epoch"] = epoch + 1
             self.save_checkpoint()
@@ -283,7 +318,9 @@ class FoldTrainer:
                     f"fold {self.fold} epoch {epoch + 1}/{self.config.epochs}: loss {loss:.4f}  "
                     f"val macro-F1 {score:.4f}{' *' if improved else ''}  {speed:.0f} img/s"
                 )
-                atomic_write_text(self.fold_dir / "history.csv", pd.DataFrame(self.state["history"]).to_csv(index=False))
+                atomic_write_text(
+                    self.fold_dir / "history.csv", pd.DataFrame(self.state["history"]).to_csv(index=False)
+                )
             _barrier()
             if self.config.patience is not None and self.state["stale_epochs"] >= self.config.patience:
                 break

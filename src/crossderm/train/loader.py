@@ -120,7 +120,10 @@ class CacheBatches:
             yield (pixels.pin_memory() if pin else pixels), self.labels[positions]
 
     def batches(
-        self, order: torch.Tensor | None = None, augment: AugmentConfig | None = None, generator: torch.Generator | None = None
+        self,
+        order: torch.Tensor | None = None,
+        augment: AugmentConfig | None = None,
+        generator: torch.Generator | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield normalised float batches on the device; ``order`` defaults to the subset order."""
         order = torch.arange(len(self.rows)) if order is None else order

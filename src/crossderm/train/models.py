@@ -73,13 +73,17 @@ class DualBackboneFusion(nn.Module):
 @register_model
 def crossderm_fusion_convnext_small_efficientnet_b3(pretrained: bool = False, **kwargs: Any) -> DualBackboneFusion:
     """The paper-scale fusion baseline (66.07 M parameters with 7 classes)."""
-    return DualBackboneFusion("convnext_small", "efficientnet_b3", hidden=2560, pretrained=pretrained, **_fusion_kwargs(kwargs))
+    return DualBackboneFusion(
+        "convnext_small", "efficientnet_b3", hidden=2560, pretrained=pretrained, **_fusion_kwargs(kwargs)
+    )
 
 
 @register_model
 def crossderm_fusion_test(pretrained: bool = False, **kwargs: Any) -> DualBackboneFusion:
     """The same fusion design on timm's tiny test backbones, for CPU demos and tests."""
-    return DualBackboneFusion("test_convnext", "test_efficientnet", hidden=128, pretrained=pretrained, **_fusion_kwargs(kwargs))
+    return DualBackboneFusion(
+        "test_convnext", "test_efficientnet", hidden=128, pretrained=pretrained, **_fusion_kwargs(kwargs)
+    )
 
 
 def _fusion_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -152,4 +156,6 @@ def count_parameters(model: nn.Module) -> int:
 def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std the model's (pretrained) weights expect, from its timm config."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
+    return tuple(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)), tuple(
+        cfg.get("std", timm.data.IMAGENET_DEFAULT_STD)
+    )
