@@ -52,7 +52,7 @@ class Scale:
 
 
 QUICK = Scale("quick", 35, 35, 3.75, 112, "test_convnext", 32, 16, 4, 6, 3, 64, 2)
-FULL = Scale("full", 150, 100, 3.75, 224, "test_convnext", 32, 60, 12, 20, 10, 64, 3)
+FULL = Scale("full", 150, 100, 3.75, 224, "test_convnext", 32, 60, 12, 20, 4, 64, 3)
 TINY = Scale("tiny", 35, 35, 0.5, 32, "test_convnext", 8, 3, 2, 2, 2, 16, 1, warmup_steps=1)
 GPU_MODEL = "convnext_tiny"  # what a CUDA run measures: the paper's experiment (b) model at 224 px
 

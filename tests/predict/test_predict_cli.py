@@ -223,3 +223,16 @@ def test_bad_lists_and_empty_folders_exit_2(tmp_path: Path, capsys) -> None:
     for target, message in cases:
         assert main(["predict", "--model", str(tmp_path), str(target), "--out", str(tmp_path / "p.csv")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_calibrated_predictions_apply_the_fold_temperatures(synth_run: Path, images: Path, tmp_path: Path) -> None:
+    plain, calibrated = tmp_path / "plain.csv", tmp_path / "calibrated.csv"
+    assert main(["predict", "--model", str(synth_run), str(images), "--out", str(plain)]) == 0
+    assert main(["predict", "--model", str(synth_run), str(images), "--out", str(calibrated), "--calibrated"]) == 0
+    paths = [Path(p) for p in pd.read_csv(plain)["path"]]
+    ensemble = Ensemble(synth_run, calibrated=True)
+    pixels = np.stack([np.asarray(load_image(p, ensemble.image_size)) for p in paths])
+    np.testing.assert_allclose(pd.read_csv(calibrated)[list(CLASSES)], ensemble.predict(pixels), atol=1e-6)
+    temperatures = json.loads((synth_run / "calibration.json").read_text())["temperature"]
+    if any(abs(t - 1) > 0.05 for t in temperatures.values()):
+        assert not np.allclose(pd.read_csv(plain)[list(CLASSES)], pd.read_csv(calibrated)[list(CLASSES)], atol=1e-4)

@@ -83,6 +83,8 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="inference engine")
     parser.add_argument("--onnx-model", type=Path, metavar="FILE", help="ONNX file from `crossderm export`")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (before TTA)")
+    parser.add_argument("--calibrated", action="store_true",
+                        help="torch backend: apply the per-fold temperatures of RUN_DIR/calibration.json")
     parser.add_argument("--device", default="auto", help="torch backend: auto, cpu, cuda or cuda:N")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images whose header declares more pixels, before decoding")
@@ -161,6 +163,8 @@ def load_predictor(args: argparse.Namespace) -> Ensemble | OnnxEnsemble:
             raise CrossdermError("--fold applies to the torch backend; choose the folds of an ONNX file at export")
         if args.device not in ("auto", "cpu"):
             raise CrossdermError(f"--device {args.device}: the onnx backend runs on the CPU only")
+        if args.calibrated:
+            raise CrossdermError("--calibrated applies to the torch backend")
         predictor = OnnxEnsemble(args.onnx_model)
         if args.model is not None:
             check_same_run(predictor.sidecar, args.model)
@@ -173,7 +177,8 @@ def load_predictor(args: argparse.Namespace) -> Ensemble | OnnxEnsemble:
         raise CrossdermError("--onnx-model needs --backend onnx")
     if args.model is None:
         raise CrossdermError("--model RUN_DIR is required (or --backend onnx --onnx-model FILE)")
-    return Ensemble(args.model, args.fold, device=Runtime.resolve(args.device, "auto").device)
+    device = Runtime.resolve(args.device, "auto").device
+    return Ensemble(args.model, args.fold, device=device, calibrated=args.calibrated)
 
 
 def predict_paths(
