@@ -35,7 +35,6 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class Scale:
     """Sizes of one benchmark run (data, model, and how long each figure is timed)."""
 
-    name: str
     ham_lesions: int
     isic_lesions: int
     image_scale: float  # synth JPEG size: 3.75 gives 600 x 450 HAM images, as the real originals
@@ -51,10 +50,11 @@ class Scale:
     warmup_steps: int = 2
 
 
-QUICK = Scale("quick", 35, 35, 3.75, 112, "test_convnext", 32, 16, 4, 6, 3, 64, 2)
-FULL = Scale("full", 150, 100, 3.75, 224, "test_convnext", 32, 60, 12, 20, 4, 64, 3)
-TINY = Scale("tiny", 35, 35, 0.5, 32, "test_convnext", 8, 3, 2, 2, 2, 16, 1, warmup_steps=1)
+QUICK = Scale(35, 35, 3.75, 112, "test_convnext", 32, 48, 8, 12, 6, 64, 3)
+FULL = Scale(150, 100, 3.75, 224, "test_convnext", 32, 60, 12, 20, 4, 64, 3)
+TINY = Scale(35, 35, 0.5, 32, "test_convnext", 8, 3, 2, 2, 2, 16, 1, warmup_steps=1)
 GPU_MODEL = "convnext_tiny"  # what a CUDA run measures: the paper's experiment (b) model at 224 px
+GPU_CHECK = Scale(35, 35, 3.75, 224, GPU_MODEL, 64, 0, 0, 50, 20, 256, 2, warmup_steps=10)  # gpu_check.py
 
 
 def for_device(scale: Scale, device: torch.device) -> Scale:

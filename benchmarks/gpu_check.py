@@ -117,16 +117,13 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from bench_input_pipeline import jpeg_batches, jpeg_loader
     from bench_train_step import Stepper, crossderm_feed, memory_batches, step_rates
-    from common import TINY, WORK, Prepared, Scale, bench_model, machine, synthetic_data
+    from common import GPU_CHECK, TINY, WORK, Prepared, bench_model, machine, synthetic_data
 
     from crossderm.train.models import normalisation
 
     smoke = args.cpu_smoke
     device = torch.device("cpu" if smoke else "cuda")
-    if smoke:
-        scale = replace(TINY, name="cpu-smoke")
-    else:
-        scale = Scale("gpu", 35, 35, 3.75, 224, "convnext_tiny", 64, 0, 0, 50, 20, 256, 2, warmup_steps=10)
+    scale = TINY if smoke else GPU_CHECK
     scale = replace(scale, batch_size=args.batch_size or scale.batch_size, train_steps=args.steps or scale.train_steps)
     workers = args.workers or min(16, os.cpu_count() or 1)
     work = args.work or WORK / ("gpu_check_smoke" if smoke else "gpu_check")
