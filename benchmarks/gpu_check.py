@@ -27,9 +27,15 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported for real only after the package check
+    import pandas as pd
+    import torch
+    from common import Batch, Prepared, Scale
 
 # import name -> distribution name: everything ``crossderm.prepare`` / ``crossderm.train`` import
 REQUIRED = {
@@ -141,10 +147,10 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     loader_feed = crossderm_feed(loader, scale.train_steps)
     in_memory = memory_batches(loader_feed(0), 4)
 
-    def naive_feed(seed: int) -> Any:
-        loader = jpeg_loader(data, data.image_size, mean, std, scale.batch_size,
-                             (scale.train_steps + 1) * scale.batch_size, workers, device.type == "cuda", seed)
-        return jpeg_batches(loader, device)
+    def naive_feed(seed: int) -> Iterator[Batch]:
+        jpegs = jpeg_loader(data, data.image_size, mean, std, scale.batch_size,
+                            (scale.train_steps + 1) * scale.batch_size, workers, device.type == "cuda", seed)
+        return jpeg_batches(jpegs, device)
 
     feeds = {"model_only": lambda seed: itertools.cycle(in_memory), "loader": loader_feed, "naive_jpeg": naive_feed}
     print(f"timing training steps: {scale.model} {data.image_size} px, batch {scale.batch_size}, "
@@ -176,7 +182,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def expanded_manifest(manifest: Any, copies: int) -> Any:
+def expanded_manifest(manifest: pd.DataFrame, copies: int) -> pd.DataFrame:
     """``copies`` listings of every image (same cache row, distinct ids and lesion groups, same fold)."""
     import pandas as pd
 
@@ -189,7 +195,8 @@ def expanded_manifest(manifest: Any, copies: int) -> Any:
     return pd.concat(frames, ignore_index=True)
 
 
-def short_training(data: Any, scale: Any, device: Any, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def short_training(data: Prepared, scale: Scale, device: torch.device, args: argparse.Namespace,
+                   work: Path) -> dict[str, Any]:
     """Fold 0 of the joint experiment through ``FoldTrainer``, on the repeated images."""
     from crossderm.labels import CLASSES
     from crossderm.train.config import load_config
