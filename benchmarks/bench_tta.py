@@ -1,8 +1,9 @@
 """Benchmark: 4-view test-time augmentation against 1 view, through ``predict_logits_tta``.
 
-The same normalised batches (already on the device) are predicted with 1 and with 4 views, rounds
-interleaved; 4 views run as one batched forward pass of 4x the images, so the cost should be at most about
-4x. The images/s of both are the inference rates the whole-protocol projection uses.
+The same normalised images (already on the device) are predicted with 1 and with 4 views, rounds
+interleaved. As in ``crossderm cv``, the evaluation batch size bounds the images of one forward pass: 1 view
+runs batches of B images, 4 views run batches of B/4 images stacked into one forward pass of B views. The
+cost should then be at most about 4x. The images/s of both are the inference rates the projection uses.
 Run as ``python benchmarks/bench_tta.py [--quick]``.
 """
 
@@ -46,12 +47,15 @@ def measure(data_dir: Path, scale: Scale, device: torch.device) -> dict[str, Any
     ready = [(images.clone(), labels.clone()) for images, labels in loader.batches(order)]
     amp = device.type == "cuda"
 
+    def predict(images: torch.Tensor, views: int) -> None:
+        for chunk in images.split(max(1, len(images) // views)):
+            predict_logits_tta(model, chunk, views, amp)
+
     def rate(views: int) -> float:
         for images, _ in ready:  # warm-up (kernel selection, allocator) for this view count
-            predict_logits_tta(model, images, views, amp)
+            predict(images, views)
         synchronize(device)
-        return timed_rate(itertools.cycle(ready), scale.eval_batches,
-                          lambda batch: predict_logits_tta(model, batch[0], views, amp), device)
+        return timed_rate(itertools.cycle(ready), scale.eval_batches, lambda batch: predict(batch[0], views), device)
 
     rates = best_rates({f"views{v}": (lambda v=v: rate(v)) for v in VIEWS}, scale.repeats)
     ratio = rates["views1"] / rates["views4"]

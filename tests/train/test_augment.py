@@ -47,3 +47,23 @@ def test_colour_jitter_stays_in_range_and_is_seeded() -> None:
     assert first.min() >= 0 and first.max() <= 1
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
+
+
+def test_colour_jitter_equals_the_sequential_recipe() -> None:
+    """The fused colour map equals saturation -> contrast -> brightness -> channel gain applied one by one."""
+    images = _images(6, 12)
+    config = AugmentConfig(flips=False, rotate90=False, min_area=1.0)
+    out = augment_batch(images, config, torch.Generator().manual_seed(9))
+
+    draws = torch.Generator().manual_seed(9)
+    n = len(images)
+    torch.rand(n, generator=draws)  # side (scale), 1.0 here
+    torch.rand(n, 2, generator=draws)  # shift, 0 here
+    saturation, contrast, brightness = (torch.rand(n, generator=draws) * 0.4 + 0.8 for _ in range(3))
+    gain = (torch.rand(n * 3, generator=draws) * 0.2 + 0.9).view(n, 3, 1, 1)
+    grey = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    expected = grey + (images - grey) * saturation.view(n, 1, 1, 1)
+    mean = grey.mean(dim=(2, 3), keepdim=True)
+    expected = mean + (expected - mean) * contrast.view(n, 1, 1, 1)
+    expected = (expected * brightness.view(n, 1, 1, 1) * gain).clamp(0, 1)
+    assert torch.allclose(out, expected, atol=1e-5)

@@ -30,9 +30,23 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator, device
     return torch.rand(n, generator=generator, device=device) * (high - low) + low
 
 
+def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, align_corners=False)`` by broadcasting: a K=3 batched matmul is slow on CPU."""
+    xs = (torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1
+    ys = (torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1
+    t = theta.view(-1, 6, 1, 1)
+    grid_x = t[:, 0] * xs.view(1, 1, -1) + t[:, 1] * ys.view(1, -1, 1) + t[:, 2]
+    grid_y = t[:, 3] * xs.view(1, 1, -1) + t[:, 4] * ys.view(1, -1, 1) + t[:, 5]
+    return torch.stack([grid_x, grid_y], dim=-1)
+
+
 def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """``images``: float (B, 3, H, W) in [0, 1] -> augmented batch of the same shape and range."""
-    n, device = images.shape[0], images.device
+    """``images``: float (B, 3, H, W) in [0, 1] -> augmented batch of the same shape and range.
+
+    Geometry is one ``grid_sample``; the colour jitter (saturation, contrast, brightness, channel gain) is a
+    per-image affine colour map, so it runs as one batched 3x3 matrix product plus an offset.
+    """
+    n, device, dtype = images.shape[0], images.device, images.dtype
     angle = torch.zeros(n, device=device)
     if config.rotate90:
         angle = torch.randint(0, 4, (n,), generator=generator, device=device).float() * (torch.pi / 2)
@@ -45,22 +59,22 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     shift = (torch.rand(n, 2, generator=generator, device=device) * 2 - 1) * (1 - side)[:, None]
     cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
     theta = torch.stack(
-        [
-            torch.stack([cos * flip_x, -sin * flip_y, shift[:, 0]], dim=1),
-            torch.stack([sin * flip_x, cos * flip_y, shift[:, 1]], dim=1),
-        ],
-        dim=1,
-    )
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+        [cos * flip_x, -sin * flip_y, shift[:, 0], sin * flip_x, cos * flip_y, shift[:, 1]], dim=1
+    ).to(dtype)
+    grid = _affine_grid(theta, images.shape[2], images.shape[3])
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
-    shape = (n, 1, 1, 1)
-    grey = (images * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    saturation = _uniform(n, 1 - config.saturation, 1 + config.saturation, generator, device).view(shape)
-    images = grey + (images - grey) * saturation
-    contrast = _uniform(n, 1 - config.contrast, 1 + config.contrast, generator, device).view(shape)
-    mean = grey.mean(dim=(2, 3), keepdim=True)
-    images = mean + (images - mean) * contrast
-    brightness = _uniform(n, 1 - config.brightness, 1 + config.brightness, generator, device).view(shape)
-    gain = _uniform(n * 3, 1 - config.channel_gain, 1 + config.channel_gain, generator, device).view(n, 3, 1, 1)
-    return (images * brightness * gain).clamp_(0.0, 1.0)
+    # y = gain * b * (c * (s * x + (1 - s) * grey(x)) + (1 - c) * mean_grey): linear in x per image
+    luma = torch.tensor([0.299, 0.587, 0.114], device=device, dtype=dtype)
+    saturation = _uniform(n, 1 - config.saturation, 1 + config.saturation, generator, device).to(dtype)
+    contrast = _uniform(n, 1 - config.contrast, 1 + config.contrast, generator, device).to(dtype)
+    brightness = _uniform(n, 1 - config.brightness, 1 + config.brightness, generator, device).to(dtype)
+    gain = _uniform(n * 3, 1 - config.channel_gain, 1 + config.channel_gain, generator, device).view(n, 3).to(dtype)
+    eye = torch.eye(3, device=device, dtype=dtype)
+    mix = saturation.view(n, 1, 1) * eye + (1 - saturation).view(n, 1, 1) * luma.view(1, 1, 3)
+    scale = (gain * brightness.view(n, 1)).view(n, 3, 1)
+    matrix = scale * contrast.view(n, 1, 1) * mix
+    mean_grey = torch.einsum("c,bchw->b", luma, images) / (images.shape[2] * images.shape[3])
+    offset = scale.view(n, 3) * ((1 - contrast) * mean_grey).view(n, 1)
+    flat = torch.baddbmm(offset.view(n, 3, 1), matrix, images.reshape(n, 3, -1))
+    return flat.view_as(images).clamp_(0.0, 1.0)

@@ -184,13 +184,13 @@ class FoldTrainer:
             runtime.device,
             normalise,
         )
+        # eval_batch_size bounds the images of one forward pass, TTA views included
         eval_args = (config.eval_batch_size, runtime.device, normalise)
-        self.val_batches = CacheBatches(
-            cache, self.data.val["cache_index"].to_numpy(), _labels(self.data.val), *eval_args
-        )
-        self.test_batches = CacheBatches(
-            cache, self.data.test["cache_index"].to_numpy(), _labels(self.data.test), *eval_args
-        )
+        tta_args = (max(1, config.eval_batch_size // config.tta), runtime.device, normalise)
+        val_rows, test_rows = self.data.val["cache_index"].to_numpy(), self.data.test["cache_index"].to_numpy()
+        self.val_batches = CacheBatches(cache, val_rows, _labels(self.data.val), *eval_args)
+        self.val_tta_batches = CacheBatches(cache, val_rows, _labels(self.data.val), *tta_args)
+        self.test_batches = CacheBatches(cache, test_rows, _labels(self.data.test), *tta_args)
         weights = sampling_weights(
             config.sampler, self.data.train["label"].to_numpy(), self.data.train["source"].to_numpy()
         )
@@ -336,7 +336,7 @@ class FoldTrainer:
         if not self.runtime.is_main:
             return self.data.test.iloc[:0]
         self.model.load_state_dict(load_file(best_path, device=str(self.runtime.device)))
-        val = self._prediction_table(self.data.val, self.val_batches)
+        val = self._prediction_table(self.data.val, self.val_tta_batches)
         atomic_write_text(self.fold_dir / "val_predictions.csv", val.to_csv(index=False))
         self.write_model_card(best_path)
         return self._prediction_table(self.data.test, self.test_batches)
