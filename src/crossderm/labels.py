@@ -7,7 +7,6 @@ carcinoma / SCC in situ) and UNK is dropped. A YAML/JSON file ``{ISIC_COLUMN: ha
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
@@ -57,7 +56,3 @@ def ham_to_isic_columns(mapping: dict[str, str | None]) -> dict[str, str]:
         if cls is not None and cls not in inverse:
             inverse[cls] = column
     return inverse
-
-
-def describe_label_map(mapping: dict[str, str | None]) -> str:
-    return json.dumps(mapping)

@@ -6,12 +6,7 @@ Latency figures print with ``pytest -s``; they are noisy on a shared CPU and are
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,39 +21,6 @@ REQUESTS = 32
 REQUEST_TIMEOUT_S = 120
 
 
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-    except httpx.TransportError:  # bound but not listening yet
-        return False
-
-
-@pytest.fixture(scope="module")
-def server(synth_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``crossderm serve --port 0`` in a subprocess; yields its base URL once /healthz answers."""
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "crossderm", "serve", "--model", str(synth_run), "--port", "0", "--threads", "1"],
-            stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        deadline = time.monotonic() + 120
-        url = None
-        while url is None or not healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"crossderm serve did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-            found = re.search(r"on (http://127\.0\.0\.1:\d+)", log.read_text())
-            url = found.group(1) if found else None
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_concurrent_clients(server: str, synth_raw: Path) -> None:

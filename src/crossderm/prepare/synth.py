@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
 
 from crossderm.errors import CrossdermError
 from crossderm.fsutil import atomic_directory
@@ -261,8 +262,11 @@ def _write_images(root: Path, lesions: dict[str, list[_Lesion]], seed: int, scal
     for directory in [isic_dir, *(root / HAM_DIR / part for part in HAM_PARTS)]:
         directory.mkdir(parents=True)
     canvas_size = round(_CANVAS * scale)
+    total = sum(len(site_lesions) for site_lesions in lesions.values())
+    progress = tqdm(total=total, desc="synthetic lesions", unit="lesion", disable=None)
     for site, site_lesions in lesions.items():
         for index, lesion in enumerate(site_lesions):
+            progress.update(1)
             canvas = _render_lesion(lesion.dx, np.random.default_rng([seed, _SITE_CODES[site], 1, index]),
                                     canvas_size)
             for view, image_id in enumerate(lesion.image_ids):
@@ -271,6 +275,7 @@ def _write_images(root: Path, lesions: dict[str, list[_Lesion]], seed: int, scal
                 (isic_dir / f"{image_id}.jpg").write_bytes(data)
                 if site == "ham":
                     (root / HAM_DIR / part_of[image_id] / f"{image_id}.jpg").write_bytes(data)
+    progress.close()
 
 
 def _write_tables(root: Path, lesions: dict[str, list[_Lesion]]) -> None:
