@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--model-a", default="crossderm_fusion_test")
-    parser.add_argument("--model-b", default="test_convnext")
+    parser.add_argument("--model-b", default="crossderm_fusion_test")
     args = parser.parse_args()
 
     started = time.perf_counter()
