@@ -40,12 +40,25 @@ def test_pretrained_path_loads_the_file(tmp_path: Path) -> None:
     assert model.get_classifier().out_features == 7
 
 
-def test_fusion_pretrained_paths_per_backbone(tmp_path: Path) -> None:
-    source = timm.create_model("test_efficientnet", num_classes=1000)
-    path = tmp_path / "eff.safetensors"
-    save_file(source.state_dict(), path)
-    with pytest.raises(CrossdermError, match="HF_HUB_OFFLINE|cannot fetch"):
-        create_model("crossderm_fusion_test", pretrained=True, pretrained_path={"test_efficientnet": str(path)})
+def test_fusion_pretrained_paths_per_backbone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    paths = {}
+    sources = {}
+    for name in ("test_convnext", "test_efficientnet"):
+        sources[name] = timm.create_model(name, num_classes=1000)
+        paths[name] = str(tmp_path / f"{name}.safetensors")
+        save_file(sources[name].state_dict(), paths[name])
+    model = create_model("crossderm_fusion_test", pretrained=True, pretrained_path=paths)
+    assert torch.equal(model.backbones[0].stem[0].weight, sources["test_convnext"].stem[0].weight)
+    assert torch.equal(model.backbones[1].conv_stem.weight, sources["test_efficientnet"].conv_stem.weight)
+    with pytest.raises(CrossdermError, match="HF_HUB_OFFLINE"):  # one backbone without a file: no silent init
+        create_model(
+            "crossderm_fusion_test", pretrained=True, pretrained_path={"test_efficientnet": paths["test_efficientnet"]}
+        )
+    with pytest.raises(CrossdermError, match="BACKBONE=FILE for each"):
+        create_model("crossderm_fusion_test", pretrained=True, pretrained_path=paths["test_convnext"])
 
 
 def test_offline_without_a_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
