@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,7 @@ def _macro_f1_per_source(frame: pd.DataFrame, probs: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int) -> callable:
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LR multiplier per optimiser step: linear warm-up, then cosine decay to zero."""
 
     def factor(step: int) -> float:
