@@ -27,8 +27,8 @@ from sklearn.metrics import (
 )
 
 from crossderm.cli import main
-from crossderm.evaluate.cli import compute_metrics
 from crossderm.evaluate.metrics import bootstrap_auc, bootstrap_confusions, metrics_from_confusion
+from crossderm.evaluate.predictions import compute_metrics
 from crossderm.labels import CLASSES
 
 N_RESAMPLES = 2000

@@ -14,7 +14,7 @@ import yaml
 from sklearn.metrics import accuracy_score, f1_score
 
 from crossderm.cli import main
-from crossderm.evaluate.cli import compute_metrics, load_predictions
+from crossderm.evaluate.predictions import compute_metrics, load_predictions
 from crossderm.labels import CLASSES
 
 K = len(CLASSES)

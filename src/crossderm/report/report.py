@@ -25,7 +25,6 @@ import pandas as pd
 import yaml
 
 from crossderm.errors import CrossdermError
-from crossderm.evaluate.cli import load_predictions
 from crossderm.evaluate.metrics import (
     CI_LEVEL,
     bootstrap_confusions,
@@ -33,6 +32,7 @@ from crossderm.evaluate.metrics import (
     interval,
     metrics_from_confusion,
 )
+from crossderm.evaluate.predictions import load_predictions
 from crossderm.fsutil import atomic_directory
 from crossderm.labels import CLASSES
 

@@ -132,7 +132,7 @@ def run_cv(
 def pool(run_dir: Path, n_bootstrap: int = 2000, seed: int = 0) -> dict:
     """Join the folds' test predictions into ``oof_predictions.csv`` and evaluate it."""
     from crossderm.evaluate.calibration import calibrate_run
-    from crossderm.evaluate.cli import evaluate_file
+    from crossderm.evaluate.predictions import evaluate_file
 
     run_dir = Path(run_dir)
     fold_files = sorted(run_dir.glob(f"fold_*/{PREDICTIONS}"))
