@@ -115,3 +115,11 @@ def test_cv_pools_every_image_exactly_once(synth_prepared: Path, tmp_path: Path)
     config = json.loads(json.dumps(__import__("yaml").safe_load((out / "config.yaml").read_text())))
     assert config["epochs"] == 1 and config["model"] == "test_efficientnet"
     assert json.loads((out / "run.json").read_text())["parameters"] > 0
+
+
+def test_pool_refuses_a_partial_run(synth_prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "partial"
+    run_cv(load_config("demo_b_joint", [*FAST, "epochs=1"]), synth_prepared, out, folds=[0, 3])
+    assert not (out / "oof_predictions.csv").exists()
+    assert main(["pool", str(out)]) == 2
+    assert "fold(s) 1, 2, 4 not finished" in capsys.readouterr().err

@@ -8,6 +8,7 @@ Folds can run one per job (``--fold k``), in any order or in parallel; ``pool`` 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -138,6 +139,13 @@ def pool(run_dir: Path, n_bootstrap: int = 2000, seed: int = 0) -> dict:
     fold_files = sorted(run_dir.glob(f"fold_*/{PREDICTIONS}"))
     if not fold_files:
         raise CrossdermError(f"{run_dir}: no fold predictions to pool (run `crossderm cv` first)")
+    expected = _expected_folds(run_dir)
+    missing = sorted(expected - {int(f.parent.name.removeprefix("fold_")) for f in fold_files})
+    if missing:
+        raise CrossdermError(
+            f"{run_dir}: fold(s) {', '.join(map(str, missing))} not finished; run `crossderm cv ... --fold k` for "
+            "each, then pool again (pooling a subset would evaluate part of the data as if it were all)"
+        )
     pooled = pd.concat([pd.read_csv(f, dtype={"image_id": str}) for f in fold_files], ignore_index=True)
     duplicated = pooled.duplicated(["source", "image_id"])
     if duplicated.any():
@@ -154,6 +162,15 @@ def pool(run_dir: Path, n_bootstrap: int = 2000, seed: int = 0) -> dict:
             f"calibration {source}: ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f} with per-fold temperature"
         )
     return metrics
+
+
+def _expected_folds(run_dir: Path) -> set[int]:
+    """The folds of the prepared data this run was trained on (``run.json`` names it)."""
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        raise CrossdermError(f"{info_path}: not found (is {run_dir} a `crossderm cv` run folder?)")
+    _, info = load_dataset(json.loads(info_path.read_text())["data"])
+    return set(range(int(info["folds"])))
 
 
 def init_distributed() -> bool:
