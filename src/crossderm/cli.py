@@ -18,8 +18,8 @@ COMMAND_MODULES = (
     "crossderm.prepare.cli",
     "crossderm.train.cli",
     "crossderm.predict.cli",
-    "crossderm.report.cli",
     "crossderm.evaluate.cli",
+    "crossderm.report.cli",
     "crossderm.serve.cli",
     "crossderm.demo",
 )
