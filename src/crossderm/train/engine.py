@@ -186,12 +186,24 @@ class FoldTrainer:
             normalise,
         )
         # eval_batch_size bounds the images of one forward pass, TTA views included
-        eval_args = (config.eval_batch_size, runtime.device, normalise)
-        tta_args = (max(1, config.eval_batch_size // config.tta), runtime.device, normalise)
-        val_rows, test_rows = self.data.val["cache_index"].to_numpy(), self.data.test["cache_index"].to_numpy()
-        self.val_batches = CacheBatches(cache, val_rows, _labels(self.data.val), *eval_args)
-        self.val_tta_batches = CacheBatches(cache, val_rows, _labels(self.data.val), *tta_args)
-        self.test_batches = CacheBatches(cache, test_rows, _labels(self.data.test), *tta_args)
+        tta_batch = max(1, config.eval_batch_size // config.tta)
+        self.val_batches = CacheBatches(
+            cache,
+            self.data.val["cache_index"].to_numpy(),
+            _labels(self.data.val),
+            config.eval_batch_size,
+            runtime.device,
+            normalise,
+        )
+        self.val_tta_batches = self.val_batches.rebatched(tta_batch)
+        self.test_batches = CacheBatches(
+            cache,
+            self.data.test["cache_index"].to_numpy(),
+            _labels(self.data.test),
+            tta_batch,
+            runtime.device,
+            normalise,
+        )
         weights = sampling_weights(
             config.sampler, self.data.train["label"].to_numpy(), self.data.train["source"].to_numpy()
         )

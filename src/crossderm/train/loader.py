@@ -9,6 +9,7 @@ No JPEG is decoded after ``crossderm prepare``.
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -111,6 +112,12 @@ class CacheBatches:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def rebatched(self, batch_size: int) -> CacheBatches:
+        """The same images (and device copy) in batches of another size, e.g. for TTA's stacked views."""
+        other = copy.copy(self)
+        other.batch_size = batch_size
+        return other
 
     def _host_batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pin = self.device.type == "cuda"
