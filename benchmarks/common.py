@@ -66,7 +66,10 @@ def for_device(scale: Scale, device: torch.device) -> Scale:
 
 
 def auto_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device ``crossderm cv --device auto`` picks, set up the same way (CPU allocator tuning included)."""
+    from crossderm.train.engine import Runtime
+
+    return Runtime.resolve("auto", "auto").device
 
 
 def synchronize(device: torch.device) -> None:

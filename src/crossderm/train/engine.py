@@ -33,6 +33,7 @@ from crossderm.labels import CLASSES
 from crossderm.predict.tta import predict_cached
 from crossderm.split.folds import inner_validation
 from crossderm.train.config import ExperimentConfig
+from crossderm.train.cpu import keep_freed_memory
 from crossderm.train.loader import CacheBatches, Normalise
 from crossderm.train.models import count_parameters, create_model, normalisation
 from crossderm.train.sampler import EpochSampler, sampling_weights
@@ -67,6 +68,8 @@ class Runtime:
             if dist.is_initialized():
                 device = f"cuda:{torch.cuda.current_device()}"
         resolved = torch.device(device)
+        if resolved.type == "cpu":
+            keep_freed_memory()
         use_amp = amp == "bf16" or (amp == "auto" and resolved.type == "cuda")
         return cls(device=resolved, amp=use_amp, rank=rank, world_size=world)
 
