@@ -20,18 +20,14 @@ from typing import Any
 
 import torch
 from common import (
-    FULL,
-    QUICK,
     Batch,
     Prepared,
     Scale,
-    auto_device,
     bench_model,
     best_rates,
-    for_device,
     random_order,
-    synthetic_data,
-    target_met,
+    run_on_synthetic,
+    target_fields,
     timed_rate,
 )
 from PIL import Image
@@ -155,9 +151,7 @@ def measure(data_dir: Path, scale: Scale, device: torch.device) -> dict[str, Any
         "crossderm_no_augment_batches_per_s": rates["crossderm_no_augment"],
         "ratio": ratio,
         "ratio_definition": "crossderm_batches_per_s / conventional_batches_per_s (1 worker each)",
-        "target": TARGET,
-        "target_kind": "at least",
-        "meets_target": target_met(ratio, TARGET, at_least=True),
+        **target_fields(ratio, TARGET, at_least=True),
     }
     if "conventional_all_cores" in rates:
         result["conventional_all_cores_workers"] = all_cores
@@ -167,9 +161,7 @@ def measure(data_dir: Path, scale: Scale, device: torch.device) -> dict[str, Any
 
 
 def run(quick: bool) -> dict[str, Any]:
-    device = auto_device()
-    scale = for_device(QUICK if quick else FULL, device)
-    return measure(synthetic_data(scale), scale, device)
+    return run_on_synthetic(measure, quick)
 
 
 def describe(result: dict[str, Any]) -> str:

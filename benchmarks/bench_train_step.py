@@ -18,19 +18,15 @@ from typing import Any
 
 import torch
 from common import (
-    FULL,
-    QUICK,
     Batch,
     Prepared,
     Scale,
-    auto_device,
     autocast,
     bench_model,
     best_rates,
-    for_device,
     random_order,
-    synthetic_data,
-    target_met,
+    run_on_synthetic,
+    target_fields,
     timed_rate,
 )
 from torch import nn
@@ -132,17 +128,13 @@ def measure(data_dir: Path, scale: Scale, device: torch.device) -> dict[str, Any
         "loader_images_per_s": rates["loader"],
         "ratio": ratio,
         "ratio_definition": "loader_images_per_s / memory_images_per_s",
-        "target": TARGET,
-        "target_kind": "at least",
-        "meets_target": target_met(ratio, TARGET, at_least=True),
+        **target_fields(ratio, TARGET, at_least=True),
         **extra,
     }
 
 
 def run(quick: bool) -> dict[str, Any]:
-    device = auto_device()
-    scale = for_device(QUICK if quick else FULL, device)
-    return measure(synthetic_data(scale), scale, device)
+    return run_on_synthetic(measure, quick)
 
 
 def describe(result: dict[str, Any]) -> str:

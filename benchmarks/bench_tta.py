@@ -16,18 +16,14 @@ from typing import Any
 
 import torch
 from common import (
-    FULL,
-    QUICK,
     Prepared,
     Scale,
-    auto_device,
     bench_model,
     best_rates,
-    for_device,
     random_order,
+    run_on_synthetic,
     synchronize,
-    synthetic_data,
-    target_met,
+    target_fields,
     timed_rate,
 )
 
@@ -73,16 +69,12 @@ def measure(data_dir: Path, scale: Scale, device: torch.device) -> dict[str, Any
         "views4_images_per_s": rates["views4"],
         "ratio": ratio,
         "ratio_definition": "4-view time / 1-view time = views1_images_per_s / views4_images_per_s",
-        "target": TARGET,
-        "target_kind": "at most",
-        "meets_target": target_met(ratio, TARGET, at_least=False),
+        **target_fields(ratio, TARGET, at_least=False),
     }
 
 
 def run(quick: bool) -> dict[str, Any]:
-    device = auto_device()
-    scale = for_device(QUICK if quick else FULL, device)
-    return measure(synthetic_data(scale), scale, device)
+    return run_on_synthetic(measure, quick)
 
 
 def describe(result: dict[str, Any]) -> str:

@@ -185,5 +185,17 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def target_met(ratio: float, target: float, at_least: bool) -> bool:
-    return ratio >= target if at_least else ratio <= target
+def target_fields(ratio: float, target: float, at_least: bool) -> dict[str, Any]:
+    """The ``target``, ``target_kind`` and ``meets_target`` entries every benchmark result carries."""
+    return {
+        "target": target,
+        "target_kind": "at least" if at_least else "at most",
+        "meets_target": ratio >= target if at_least else ratio <= target,
+    }
+
+
+def run_on_synthetic(measure: Callable[[Path, Scale, torch.device], dict[str, Any]], quick: bool) -> dict[str, Any]:
+    """Run ``measure`` on the auto device with the quick or full scale and its generated data set."""
+    device = auto_device()
+    scale = for_device(QUICK if quick else FULL, device)
+    return measure(synthetic_data(scale), scale, device)

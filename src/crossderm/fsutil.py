@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from crossderm.errors import CrossdermError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
@@ -36,6 +38,20 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def read_json(path: str | Path, missing_hint: str) -> dict[str, Any]:
+    """A JSON object from ``path``; absent, unreadable or not an object is a one-line :class:`CrossdermError`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CrossdermError(f"{path}: not found ({missing_hint})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CrossdermError(f"{path}: cannot read JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise CrossdermError(f"{path}: expected a JSON object")
+    return data
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
@@ -54,8 +70,6 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
     """
     target = Path(target).absolute()
     if target.exists() and any(target.iterdir()) and not overwrite:
-        from crossderm.errors import CrossdermError
-
         raise CrossdermError(f"{target}: exists and is not empty (pass --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging-"))

@@ -90,7 +90,7 @@ def test_tampered_onnx_file_is_refused(exported: Path, tmp_path: Path, capsys) -
     assert "sha256 does not match" in capsys.readouterr().err
     (tmp_path / "model.onnx.json").unlink()
     assert _predict_onnx(copy, tmp_path) == 2
-    assert "sidecar not found" in capsys.readouterr().err
+    assert "model.onnx.json: not found (the sidecar of the ONNX file" in capsys.readouterr().err
 
 
 def test_onnx_file_from_other_weights_is_refused(synth_run: Path, exported: Path, tmp_path: Path, capsys) -> None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from crossderm.errors import CrossdermError
 from crossderm.evaluate.calibration import apply_temperature
+from crossderm.fsutil import read_json
 from crossderm.labels import CLASSES
 from crossderm.predict.tta import predict_logits_tta
 from crossderm.train.engine import MODEL_CARD_FORMAT, sha256_file
@@ -33,12 +34,7 @@ class FoldModel:
 
 def read_card(fold_dir: Path) -> dict:
     path = fold_dir / "model.json"
-    try:
-        card = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CrossdermError(f"{path}: not found (is this fold finished? run `crossderm cv` to completion)") from None
-    except json.JSONDecodeError as exc:
-        raise CrossdermError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    card = read_json(path, "is this fold finished? run `crossderm cv` to completion")
     if card.get("format") != MODEL_CARD_FORMAT:
         raise CrossdermError(f"{path}: unsupported model card format {card.get('format')!r}")
     if card.get("classes") != list(CLASSES):
@@ -107,9 +103,7 @@ class Ensemble:
     def _temperatures(self) -> list[float]:
         """Per-fold temperatures fitted on inner validation (``calibration.json``, written by ``crossderm pool``)."""
         path = self.run_dir / "calibration.json"
-        if not path.is_file():
-            raise CrossdermError(f"{path}: not found; run `crossderm pool {self.run_dir}` to fit the temperatures")
-        fitted = json.loads(path.read_text())["temperature"]
+        fitted = read_json(path, f"run `crossderm pool {self.run_dir}` to fit the temperatures").get("temperature", {})
         missing = [f for f in self.folds if str(f) not in fitted]
         if missing:
             raise CrossdermError(f"{path}: no temperature for fold(s) {missing}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from crossderm.errors import CrossdermError
-from crossderm.fsutil import atomic_write_bytes, atomic_write_json
+from crossderm.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from crossderm.labels import CLASSES
 from crossderm.predict.model_io import Ensemble, read_card
 from crossderm.predict.tta import VIEW_FLIPS
@@ -139,13 +138,8 @@ def read_sidecar(onnx_file: Path) -> dict[str, Any]:
     path = sidecar_path(onnx_file)
     if not onnx_file.is_file():
         raise CrossdermError(f"{onnx_file}: no such ONNX file")
-    try:
-        sidecar = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CrossdermError(f"{path}: sidecar not found (make both files with `crossderm export`)") from None
-    except json.JSONDecodeError as exc:
-        raise CrossdermError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+    sidecar = read_json(path, "the sidecar of the ONNX file: make both with `crossderm export`")
+    if sidecar.get("format") != SIDECAR_FORMAT:
         raise CrossdermError(f"{path}: not a {SIDECAR_FORMAT} sidecar")
     if sidecar.get("classes") != list(CLASSES):
         raise CrossdermError(f"{path}: classes {sidecar.get('classes')} differ from {list(CLASSES)}")

@@ -7,7 +7,6 @@ The whole ``DATA_DIR`` is built in a staging folder and renamed into place only 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 
 from crossderm import __version__
 from crossderm.errors import CrossdermError
-from crossderm.fsutil import atomic_directory, atomic_write_json, atomic_write_text
+from crossderm.fsutil import atomic_directory, atomic_write_json, atomic_write_text, read_json
 from crossderm.labels import CLASSES, load_label_map
 from crossderm.prepare.audit import build_audit, confirm_pairs, near_duplicate_pairs, render_audit
 from crossderm.prepare.cache import build_cache, open_cache
@@ -134,5 +133,4 @@ def load_dataset(data_dir: str | Path) -> tuple[pd.DataFrame, dict]:
     manifest = pd.read_csv(
         manifest_path, dtype={"image_id": str, "lesion_id": str, "phash": str}, keep_default_na=False
     )
-    info = json.loads(info_path.read_text())
-    return manifest, info
+    return manifest, read_json(info_path, f"run `crossderm prepare` to create {data_dir}")

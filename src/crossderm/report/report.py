@@ -33,7 +33,7 @@ from crossderm.evaluate.metrics import (
     metrics_from_confusion,
 )
 from crossderm.evaluate.predictions import load_predictions
-from crossderm.fsutil import atomic_directory
+from crossderm.fsutil import atomic_directory, read_json
 from crossderm.labels import CLASSES
 
 if TYPE_CHECKING:
@@ -114,15 +114,7 @@ class Plot:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CrossdermError(f"{path}: no such file (is this a finished `crossderm cv` run folder?)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CrossdermError(f"{path}: cannot read JSON ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict):
-        raise CrossdermError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, "is this a finished `crossderm cv` run folder?")
 
 
 def _read_config(path: Path) -> dict[str, Any]:

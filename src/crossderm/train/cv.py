@@ -8,7 +8,6 @@ Folds can run one per job (``--fold k``), in any order or in parallel; ``pool`` 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -23,7 +22,7 @@ import yaml
 
 from crossderm import __version__
 from crossderm.errors import CrossdermError
-from crossderm.fsutil import atomic_write_json, atomic_write_text
+from crossderm.fsutil import atomic_write_json, atomic_write_text, read_json
 from crossderm.prepare.cache import open_cache
 from crossderm.prepare.pipeline import load_dataset
 from crossderm.train.config import ExperimentConfig
@@ -166,10 +165,8 @@ def pool(run_dir: Path, n_bootstrap: int = 2000, seed: int = 0) -> dict:
 
 def _expected_folds(run_dir: Path) -> set[int]:
     """The folds of the prepared data this run was trained on (``run.json`` names it)."""
-    info_path = run_dir / "run.json"
-    if not info_path.is_file():
-        raise CrossdermError(f"{info_path}: not found (is {run_dir} a `crossderm cv` run folder?)")
-    _, info = load_dataset(json.loads(info_path.read_text())["data"])
+    run_info = read_json(run_dir / "run.json", f"is {run_dir} a `crossderm cv` run folder?")
+    _, info = load_dataset(run_info["data"])
     return set(range(int(info["folds"])))
 
 

@@ -22,12 +22,12 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from sklearn.metrics import f1_score
 from timm.optim import param_groups_weight_decay
 from torch import nn
 from tqdm import tqdm
 
 from crossderm.errors import CrossdermError
+from crossderm.evaluate.metrics import confusion_matrix, metrics_from_confusion
 from crossderm.fsutil import atomic_directory, atomic_write_json, atomic_write_text
 from crossderm.labels import CLASSES
 from crossderm.predict.tta import predict_cached
@@ -112,8 +112,8 @@ def _macro_f1_per_source(frame: pd.DataFrame, probs: np.ndarray) -> float:
     scores = []
     for source in sorted(frame["source"].unique()):
         mask = (frame["source"] == source).to_numpy()
-        present = np.unique(truth[mask])
-        scores.append(f1_score(truth[mask], predicted[mask], labels=present, average="macro", zero_division=0))
+        cm = confusion_matrix(truth[mask], predicted[mask], len(CLASSES))
+        scores.append(float(metrics_from_confusion(cm, cm.sum(axis=1) > 0)["macro_f1"]))
     return float(np.mean(scores))
 
 
