@@ -48,6 +48,20 @@ def test_same_seed_same_predictions(synth_prepared: Path, tmp_path: Path) -> Non
     assert not np.allclose(first[list(CLASSES)], other[list(CLASSES)])
 
 
+def test_bf16_autocast_path_keeps_fp32_weights_and_valid_probabilities(synth_prepared: Path, tmp_path: Path) -> None:
+    """The GPU's mixed-precision path, run on CPU: autocast must not leak bf16 into the saved weights or
+    into the probabilities written to disk."""
+    from safetensors.torch import load_file
+
+    predictions = _fold_predictions(synth_prepared, tmp_path / "bf16", ["amp=bf16", "epochs=1"])
+    run = json.loads((tmp_path / "bf16" / "run.json").read_text())
+    assert run["environment"]["bf16_autocast"] is True
+    assert np.allclose(predictions[list(CLASSES)].sum(axis=1), 1.0, atol=1e-5)
+    assert predictions[list(CLASSES)].to_numpy().std() > 0  # real outputs, not a constant
+    weights = load_file(tmp_path / "bf16" / "fold_1" / "best.safetensors")
+    assert {str(tensor.dtype) for tensor in weights.values() if tensor.is_floating_point()} == {"torch.float32"}
+
+
 def test_resumed_fold_matches_uninterrupted(
     synth_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from crossderm.train.augment import AugmentConfig
 from crossderm.train.loader import CacheBatches, Normalise, prefetch
 
 
@@ -25,6 +26,28 @@ def test_batches_match_the_cache() -> None:
     for position, image in seen.items():
         expected = torch.from_numpy(cache[rows[position]]).permute(2, 0, 1).float() / 255
         assert torch.allclose(image, expected)
+
+
+def test_resident_cache_gives_the_same_batches_as_the_host_gather() -> None:
+    """The GPU path (pixels copied to the device once, gathered there) must train exactly like the host path,
+    so a run does not change with whether its cache fitted in GPU memory; ``device_cache=True`` runs it on CPU."""
+    rng = np.random.default_rng(1)
+    cache = rng.integers(0, 256, size=(60, 16, 16, 3), dtype=np.uint8)
+    rows = rng.permutation(60)[:37]
+    labels = rng.integers(0, 7, size=len(rows))
+    normalise = Normalise((0.4, 0.5, 0.6), (0.2, 0.25, 0.3), True)
+    host = CacheBatches(cache, rows, labels, 8, torch.device("cpu"), normalise, device_cache=False)
+    resident = CacheBatches(cache, rows, labels, 8, torch.device("cpu"), normalise, device_cache=True)
+    assert host.on_device is None and resident.on_device is not None
+    assert resident.rebatched(5).on_device is resident.on_device  # TTA batches share the copy
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(3))
+    streams = [
+        list(loader.batches(order, AugmentConfig(), torch.Generator().manual_seed(7))) for loader in (host, resident)
+    ]
+    assert [len(images) for images, _ in streams[0]] == [8, 8, 8, 8, 5]
+    for (host_images, host_labels), (resident_images, resident_labels) in zip(*streams, strict=True):
+        assert torch.equal(host_labels, resident_labels)
+        assert torch.equal(host_images, resident_images)
 
 
 def test_normalise_uses_mean_and_std() -> None:

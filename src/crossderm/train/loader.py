@@ -97,12 +97,12 @@ class CacheBatches:
         self.on_device = self._device_copy(device_cache)
 
     def _device_copy(self, wanted: bool | None) -> torch.Tensor | None:
-        """The subset's pixels in device memory when asked, or (``None``) on a GPU with room for them."""
-        if self.device.type != "cuda" or wanted is False:
+        """The subset's pixels resident on the device: when asked (``True``), or by default (``None``) on a
+        GPU with room for them. On the CPU a resident copy only helps a subset that is re-read many times."""
+        if wanted is False or (wanted is None and self.device.type != "cuda"):
             return None
         needed = len(self.rows) * int(np.prod(self.cache.shape[1:]))
-        free, _ = torch.cuda.mem_get_info(self.device)
-        if wanted is None and needed > DEVICE_CACHE_FRACTION * free:
+        if wanted is None and needed > DEVICE_CACHE_FRACTION * torch.cuda.mem_get_info(self.device)[0]:
             return None
         pixels = torch.empty((len(self.rows), *self.cache.shape[1:]), dtype=torch.uint8, device=self.device)
         for start in range(0, len(self.rows), 4096):
@@ -126,20 +126,28 @@ class CacheBatches:
             pixels = torch.from_numpy(np.ascontiguousarray(self.cache[self.rows[positions]]))
             yield (pixels.pin_memory() if pin else pixels), self.labels[positions]
 
+    def _resident_batches(
+        self, resident: torch.Tensor, order: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The same batches as ``_host_batches`` (positions sorted within a batch), gathered on the device."""
+        order, labels = order.to(self.device), self.labels.to(self.device)
+        for start in range(0, len(order), self.batch_size):
+            positions = order[start : start + self.batch_size].sort().values
+            yield resident[positions], labels[positions]
+
     def batches(
         self,
         order: torch.Tensor | None = None,
         augment: AugmentConfig | None = None,
         generator: torch.Generator | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield normalised float batches on the device; ``order`` defaults to the subset order."""
+        """Yield normalised float batches on the device; ``order`` defaults to the subset order.
+
+        Both sources give the same batches in the same order, so a run does not depend on whether its
+        cache fitted in device memory."""
         order = torch.arange(len(self.rows)) if order is None else order
         if self.on_device is not None:
-            device_order = order.to(self.device)
-            source: Iterable = (
-                (self.on_device[device_order[s : s + self.batch_size]], self.labels[order[s : s + self.batch_size]])
-                for s in range(0, len(order), self.batch_size)
-            )
+            source: Iterable = self._resident_batches(self.on_device, order)
         else:
             source = prefetch(self._host_batches(order), self.prefetch_depth)
         for pixels, labels in source:
