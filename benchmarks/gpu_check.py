@@ -12,7 +12,10 @@ Meant for a bare GPU machine with torch and timm but no internet and no crossder
    validation, checkpoints, best weights, 4-view TTA test predictions) on the prepared images, each listed
    several times so that an epoch has the protocol's ~18,000 images (a throughput check: the repeated
    images make its scores meaningless).
-Goals on one H100: model-only >= 2,500 images/s, loader-fed >= 95 % of it, 4-view TTA <= 4.2x 1 view.
+6. projects the whole paper protocol (2 experiments x 5 folds, every preset epoch) from the engine's training
+   rate (last epoch of 5.) and the TTA rates, as ``benchmarks/projection.py`` does.
+Goals on one H100: model-only >= 2,500 images/s, loader-fed >= 95 % of it, 4-view TTA <= 4.2x 1 view,
+whole protocol in under an hour.
 ``--cpu-smoke`` shrinks everything (tiny images, a tiny model, CPU) to check the script itself anywhere.
 """
 
@@ -56,6 +59,7 @@ REQUIRED = {
 GOAL_MODEL_ONLY = 2500.0  # ConvNeXt-Tiny 224 px training images/s on one H100
 GOAL_LOADER_SHARE = 0.95
 GOAL_TTA = 4.2
+GOAL_PROTOCOL_HOURS = 1.0  # both experiments, 5 folds each, on one GPU
 PROTOCOL_IMAGES = 25_331  # HAM10000 + ISIC-only images: the joint experiment's data set size
 
 
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 def check(args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement of the check; returns the report."""
     import bench_tta
+    import projection
     import torch
     from bench_input_pipeline import jpeg_batches, jpeg_loader
     from bench_train_step import Stepper, crossderm_feed, memory_batches, step_rates
@@ -161,6 +166,12 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     tta = bench_tta.measure(data_dir, scale, device)
     print("short training through the engine ...", flush=True)
     training = short_training(data, scale, device, args, work)
+    protocol = projection.project(
+        projection.Rates(f"gpu_check: {scale.model} {data.image_size} px, batch {scale.batch_size}, the engine's "
+                         "last training epoch and the TTA timings", scale.model, training["epochs"][-1]["images_per_s"],
+                         tta["views1_images_per_s"], tta["views4_images_per_s"]),
+        projection.protocol_flops(),
+    )
     return {
         "machine": machine(),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -178,6 +189,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         "naive_share": rates["naive_jpeg"] / rates["model_only"],
         "tta": {key: tta[key] for key in ("views1_images_per_s", "views4_images_per_s", "ratio")},
         "training": training,
+        "protocol_projection": protocol,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -236,10 +248,13 @@ def _goal(value: float, goal: float, at_least: bool) -> str:
 
 
 def summary(report: dict[str, Any]) -> str:
-    rates, training = report["step_images_per_s"], report["training"]
+    rates, training, protocol = report["step_images_per_s"], report["training"], report["protocol_projection"]
     smoke = report["device"] == "cpu"
     model_goal = "(goal applies to an H100 only)" if smoke else (
         f"goal >= {GOAL_MODEL_ONLY:,.0f}: {_goal(rates['model_only'], GOAL_MODEL_ONLY, True)}")
+    protocol_goal = "(goal applies to a GPU only)" if smoke else (
+        f"goal < {GOAL_PROTOCOL_HOURS:g} h: {_goal(protocol['total_hours'], GOAL_PROTOCOL_HOURS, False)}")
+    hours = {key: e["hours"] for key, e in protocol["experiments"].items()}
     epochs = ", ".join(f"{e['images_per_s']:,.0f}" for e in training["epochs"])
     return "\n".join([
         f"gpu_check on {report['device']}: {report['model']} {report['image_size']} px, batch {report['batch_size']}, "
@@ -256,6 +271,9 @@ def summary(report: dict[str, Any]) -> str:
         f"  engine, fold 0 of {training['preset']}: {training['train_images_per_epoch']:,} train images/epoch, "
         f"epochs at {epochs} images/s; {training['test_images']:,} test images predicted with "
         f"{training['tta_views']} views; {training['seconds']:.0f} s in all",
+        f"  whole paper protocol at these rates (2 experiments x 5 folds, every preset epoch): "
+        f"{protocol['total_hours'] * 60:,.0f} min ((a) {hours['a'] * 60:,.0f}, (b) {hours['b'] * 60:,.0f})  "
+        f"{protocol_goal}",
         f"  whole check: {report['seconds']:.0f} s (data {report['data_seconds']:.0f} s)",
     ])
 

@@ -98,10 +98,15 @@ def project(rates: Rates, flops: dict[str, float] | None = None) -> dict[str, An
     }
 
 
+def protocol_flops() -> dict[str, float]:
+    """Forward GFLOPs at 224 px of ConvNeXt-Tiny and of each paper preset's model (for ``project``)."""
+    models = {CONVNEXT_TINY, *(load_config(preset).model for preset in EXPERIMENTS.values())}
+    return {model: forward_gflops(model) for model in sorted(models)}
+
+
 def projections(measured: Rates, device: torch.device) -> dict[str, Any]:
     """The measured model's projection and, on CPU, the one at the given ConvNeXt-Tiny rate for this CPU."""
-    models = {CONVNEXT_TINY, *(load_config(preset).model for preset in EXPERIMENTS.values())}
-    flops = {model: forward_gflops(model) for model in sorted(models)}
+    flops = protocol_flops()
     rows = [project(measured, flops)]
     if device.type == "cpu":
         given = Rates(

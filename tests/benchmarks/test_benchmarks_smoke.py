@@ -175,3 +175,8 @@ def test_gpu_check_cpu_smoke_runs_every_stage(tmp_path: Path) -> None:
     training = report["training"]
     assert len(training["epochs"]) == 1 and training["best_weights"] and training["test_images"] > 0
     assert not report["gpu_resident_cache"]  # CPU: batches come from the memory-mapped cache
+    protocol = report["protocol_projection"]
+    assert protocol["train_images_per_s"] == training["epochs"][-1]["images_per_s"]
+    b = protocol["experiments"]["b"]
+    assert b["seconds"]["train"] == pytest.approx(b["train_image_steps"] / protocol["train_images_per_s"])
+    assert protocol["total_hours"] == pytest.approx(sum(e["hours"] for e in protocol["experiments"].values()))
