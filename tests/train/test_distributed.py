@@ -36,10 +36,10 @@ EXACT = [
 ]
 
 
-def test_torchrun_two_processes_match_single_process(synth_prepared: Path, tmp_path: Path) -> None:
-    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
-    run_cv(load_config("demo_b_joint", [*EXACT, "batch_size=32"]), synth_prepared, single_dir, folds=[0])
-
+def _torchrun(
+    entry: list[str], prepared: Path, out: Path, overrides: list[str], *extra: str
+) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 <entry> cv ... --fold 0`` on CPU, one thread per process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable,
@@ -48,22 +48,29 @@ def test_torchrun_two_processes_match_single_process(synth_prepared: Path, tmp_p
         "--standalone",
         "--nproc_per_node",
         "2",
-        "-m",
-        "crossderm",
+        *entry,
         "cv",
         "--config",
         "demo_b_joint",
         "--data",
-        str(synth_prepared),
+        str(prepared),
         "--out",
-        str(ddp_dir),
+        str(out),
         "--fold",
         "0",
         "--device",
         "cpu",
-        *[f"--set={o}" for o in [*EXACT, "batch_size=16"]],
+        *[f"--set={o}" for o in overrides],
+        *extra,
     ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_torchrun_two_processes_match_single_process(synth_prepared: Path, tmp_path: Path) -> None:
+    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    run_cv(load_config("demo_b_joint", [*EXACT, "batch_size=32"]), synth_prepared, single_dir, folds=[0])
+
+    result = _torchrun(["-m", "crossderm"], synth_prepared, ddp_dir, [*EXACT, "batch_size=16"])
     assert result.returncode == 0, result.stderr[-3000:]
 
     fold = ddp_dir / "fold_0"
@@ -87,3 +94,49 @@ def test_torchrun_two_processes_match_single_process(synth_prepared: Path, tmp_p
     history_ddp = pd.read_csv(fold / "history.csv")
     assert np.allclose(history_single["train_loss"], history_ddp["train_loss"], atol=5e-3)
     assert np.allclose(history_single["val_macro_f1"], history_ddp["val_macro_f1"], atol=0.02)
+
+
+CRASH_IN_THIRD_EPOCH = """
+import sys
+
+from crossderm.cli import main
+from crossderm.train.engine import FoldTrainer
+
+original = FoldTrainer.train_epoch
+
+
+def train_epoch(self, epoch):
+    if epoch == 2:
+        raise KeyboardInterrupt
+    return original(self, epoch)
+
+
+FoldTrainer.train_epoch = train_epoch
+sys.exit(main())
+"""
+
+
+def test_torchrun_resume_after_a_crash_matches_the_uninterrupted_run(synth_prepared: Path, tmp_path: Path) -> None:
+    """Every rank stops in epoch 3; ``--resume`` restarts both from rank 0's checkpoint and ends exactly as a run
+    that never stopped (same sample, same augmentation streams, same optimizer state on every rank)."""
+    overrides = ["model=test_convnext", "epochs=3", "batch_size=16", "eval_batch_size=128", "channels_last=false"]
+    whole = _torchrun(["-m", "crossderm"], synth_prepared, tmp_path / "whole", overrides)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    crashing = tmp_path / "crash_in_third_epoch.py"
+    crashing.write_text(CRASH_IN_THIRD_EPOCH)
+    crashed = _torchrun([str(crashing)], synth_prepared, tmp_path / "resumed", overrides)
+    assert crashed.returncode != 0 and "interrupted" in crashed.stderr
+    state = json.loads((tmp_path / "resumed" / "fold_0" / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 2 and not (tmp_path / "resumed" / "fold_0" / "predictions.csv").exists()
+
+    resumed = _torchrun(["-m", "crossderm"], synth_prepared, tmp_path / "resumed", overrides, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "fold 0: resuming after epoch 2" in resumed.stdout
+    expected = pd.read_csv(tmp_path / "whole" / "fold_0" / "predictions.csv", dtype={"image_id": str})
+    actual = pd.read_csv(tmp_path / "resumed" / "fold_0" / "predictions.csv", dtype={"image_id": str})
+    pd.testing.assert_frame_equal(expected, actual)
+    history = pd.read_csv(tmp_path / "resumed" / "fold_0" / "history.csv")
+    reference = pd.read_csv(tmp_path / "whole" / "fold_0" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert np.allclose(history["train_loss"], reference["train_loss"], rtol=0, atol=1e-6)
