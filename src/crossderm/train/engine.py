@@ -180,33 +180,17 @@ class FoldTrainer:
         if config.compile:
             self.train_model = torch.compile(self.train_model)
         normalise = Normalise(mean, std, config.channels_last)
-        self.train_batches = CacheBatches(
-            cache,
-            self.data.train["cache_index"].to_numpy(),
-            _labels(self.data.train),
-            config.batch_size,
-            runtime.device,
-            normalise,
-        )
+
+        def cached(frame: pd.DataFrame, batch_size: int) -> CacheBatches:
+            rows = frame["cache_index"].to_numpy()
+            return CacheBatches(cache, rows, _labels(frame), batch_size, runtime.device, normalise)
+
+        self.train_batches = cached(self.data.train, config.batch_size)
         # eval_batch_size bounds the images of one forward pass, TTA views included
         tta_batch = max(1, config.eval_batch_size // config.tta)
-        self.val_batches = CacheBatches(
-            cache,
-            self.data.val["cache_index"].to_numpy(),
-            _labels(self.data.val),
-            config.eval_batch_size,
-            runtime.device,
-            normalise,
-        )
+        self.val_batches = cached(self.data.val, config.eval_batch_size)
         self.val_tta_batches = self.val_batches.rebatched(tta_batch)
-        self.test_batches = CacheBatches(
-            cache,
-            self.data.test["cache_index"].to_numpy(),
-            _labels(self.data.test),
-            tta_batch,
-            runtime.device,
-            normalise,
-        )
+        self.test_batches = cached(self.data.test, tta_batch)
         weights = sampling_weights(
             config.sampler, self.data.train["label"].to_numpy(), self.data.train["source"].to_numpy()
         )

@@ -98,7 +98,8 @@ class CacheBatches:
 
     def _device_copy(self, wanted: bool | None) -> torch.Tensor | None:
         """The subset's pixels resident on the device: when asked (``True``), or by default (``None``) on a
-        GPU with room for them. On the CPU a resident copy only helps a subset that is re-read many times."""
+        GPU with room for them. Off by default on the CPU, where the memory-mapped cache already sits in RAM;
+        asking for it there runs the GPU path's gather on the CPU (the tests compare it with the host path)."""
         if wanted is False or (wanted is None and self.device.type != "cuda"):
             return None
         needed = len(self.rows) * int(np.prod(self.cache.shape[1:]))
