@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,12 +26,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from crossderm.cli import main
+from crossderm.fsutil import sha256_file
+from crossderm.imaging import load_image
 from crossderm.labels import CLASSES
-from crossderm.predict.model_io import Ensemble
+from crossderm.models.card import ModelCard, write_card
+from crossderm.models.factory import count_parameters, create_model, normalisation
+from crossderm.predict.ensemble import Ensemble
 from crossderm.predict.onnx_backend import OnnxEnsemble
-from crossderm.prepare.cache import load_image
-from crossderm.train.engine import MODEL_CARD_FORMAT, sha256_file
-from crossderm.train.models import create_model, normalisation
 
 HAM_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "HAM10000" / "HAM10000_images"
 BATCH_SIZE = 32
@@ -50,10 +50,11 @@ def make_run(run_dir: Path, model_name: str, image_size: int, folds: int) -> Non
         fold_dir.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, fold_dir / "best.safetensors")
         mean, std = normalisation(model)
-        card = {"format": MODEL_CARD_FORMAT, "fold": fold, "model": model_name, "classes": list(CLASSES),
-                "image_size": image_size, "mean": list(mean), "std": list(std), "weights": "best.safetensors",
-                "sha256": sha256_file(fold_dir / "best.safetensors")}
-        (fold_dir / "model.json").write_text(json.dumps(card))
+        write_card(fold_dir / "model.json", ModelCard(
+            experiment="benchmark", fold=fold, model=model_name, classes=list(CLASSES), image_size=image_size,
+            mean=list(mean), std=list(std), tta=VIEWS, parameters=count_parameters(model), weights="best.safetensors",
+            sha256=sha256_file(fold_dir / "best.safetensors"), best_epoch=0, val_score=0.0,
+        ))
 
 
 def image_paths(n: int, folder: Path) -> tuple[list[Path], str]:

@@ -34,8 +34,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms
 
+from crossderm.models.factory import normalisation
 from crossderm.train.augment import AugmentConfig
-from crossderm.train.models import normalisation
 
 TARGET = 20.0  # crossderm batches/s over conventional batches/s, one background worker each
 

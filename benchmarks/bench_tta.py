@@ -1,4 +1,4 @@
-"""Benchmark: 4-view test-time augmentation against 1 view, through ``predict_logits_tta``.
+"""Benchmark: 4-view test-time augmentation against 1 view, through ``predict_proba_tta``.
 
 The same normalised images (already on the device) are predicted with 1 and with 4 views, rounds
 interleaved. As in ``crossderm cv``, the evaluation batch size bounds the images of one forward pass: 1 view
@@ -27,7 +27,7 @@ from common import (
     timed_rate,
 )
 
-from crossderm.predict.tta import predict_logits_tta
+from crossderm.models.tta import predict_proba_tta
 
 TARGET = 4.2  # 4-view seconds over 1-view seconds, at most
 VIEWS = (1, 4)
@@ -45,7 +45,7 @@ def measure(data_dir: Path, scale: Scale, device: torch.device) -> dict[str, Any
 
     def predict(images: torch.Tensor, views: int) -> None:
         for chunk in images.split(max(1, len(images) // views)):
-            predict_logits_tta(model, chunk, views, amp)
+            predict_proba_tta(model, chunk, views, amp)
 
     def rate(views: int) -> float:
         for images, _ in ready:  # warm-up (kernel selection, allocator) for this view count

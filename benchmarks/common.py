@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: sizes, synthetic data on disk, the benchmark model, timing, machine facts.
 
-Every benchmark reads the same real JPEG files (written by ``crossderm.prepare.synth``) and the decode-once
+Every benchmark reads the same real JPEG files (written by ``crossderm.synth``) and the decode-once
 cache that ``crossderm prepare`` builds from them, so the loaders compared see identical images.
 Generated data lives under ``benchmarks/_work/`` (git-ignored) and is reused by later runs.
 """
@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from crossderm.labels import CLASSES
-from crossderm.prepare.cache import open_cache
-from crossderm.prepare.pipeline import PrepareConfig, load_dataset, prepare
-from crossderm.prepare.synth import generate
-from crossderm.train.loader import CacheBatches, Normalise
-from crossderm.train.models import create_model, normalisation
+from crossderm.datafolder import load_dataset
+from crossderm.labels import CLASSES, label_indices
+from crossderm.models.factory import create_model, normalisation
+from crossderm.models.preprocess import Normalise
+from crossderm.prepare.pipeline import PrepareConfig, prepare
+from crossderm.synth.generator import generate
+from crossderm.train.loader import CacheBatches
 
 WORK = Path(__file__).resolve().parent / "_work"
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -67,9 +68,12 @@ def for_device(scale: Scale, device: torch.device) -> Scale:
 
 def auto_device() -> torch.device:
     """The device ``crossderm cv --device auto`` picks, set up the same way (CPU allocator tuning included)."""
-    from crossderm.train.engine import Runtime
+    from crossderm.runtime import Runtime, tune_cpu_allocator
 
-    return Runtime.resolve("auto", "auto").device
+    device = Runtime.resolve().device
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    return device
 
 
 def synchronize(device: torch.device) -> None:
@@ -107,8 +111,8 @@ class Prepared:
 
     @classmethod
     def open(cls, data_dir: Path) -> Prepared:
-        manifest, info = load_dataset(data_dir)
-        return cls(manifest, open_cache(Path(data_dir) / info["cache_file"]), int(info["image_size"]))
+        data = load_dataset(data_dir)
+        return cls(data.manifest, data.open_cache(), data.image_size)
 
     @property
     def rows(self) -> np.ndarray:
@@ -116,7 +120,7 @@ class Prepared:
 
     @property
     def labels(self) -> np.ndarray:
-        return self.manifest["label"].map(CLASSES.index).to_numpy()
+        return label_indices(self.manifest["label"])
 
     @property
     def paths(self) -> list[str]:

@@ -130,7 +130,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     from bench_train_step import Stepper, crossderm_feed, memory_batches, step_rates
     from common import GPU_CHECK, TINY, WORK, Prepared, bench_model, machine, synthetic_data
 
-    from crossderm.train.models import normalisation
+    from crossderm.models.factory import normalisation
 
     smoke = args.cpu_smoke
     device = torch.device("cpu" if smoke else "cuda")
@@ -209,22 +209,26 @@ def expanded_manifest(manifest: pd.DataFrame, copies: int) -> pd.DataFrame:
 
 def short_training(data: Prepared, scale: Scale, device: torch.device, args: argparse.Namespace,
                    work: Path) -> dict[str, Any]:
-    """Fold 0 of the joint experiment through ``FoldTrainer``, on the repeated images."""
+    """Fold 0 of the joint experiment through the engine (``crossderm.train.fold``), on the repeated images."""
     from crossderm.labels import CLASSES
+    from crossderm.runfolder import RunFolder
+    from crossderm.runtime import Runtime
     from crossderm.train.config import load_config
-    from crossderm.train.engine import FoldTrainer, Runtime
+    from crossderm.train.fold import predict_fold, setup_fold, train_fold
 
     overrides = ["pretrained=false", f"model={scale.model}", f"epochs={args.epochs}", f"batch_size={scale.batch_size}",
                  f"eval_batch_size={scale.eval_batch_size}", f"compile={str(args.compile).lower()}"]
     config = load_config("paper_b_joint_convnext_tiny", overrides)
     copies = 2 if args.cpu_smoke else math.ceil(PROTOCOL_IMAGES / len(data.manifest))
     manifest = expanded_manifest(data.manifest, copies)
-    fold_dir = work / "fold_0"
-    shutil.rmtree(fold_dir, ignore_errors=True)
-    runtime = Runtime.resolve(device.type, "auto")
+    folder = RunFolder(work).fold(0)
+    shutil.rmtree(folder.path, ignore_errors=True)
+    folder.path.mkdir(parents=True)
+    runtime = Runtime.resolve(device.type)
     started = time.perf_counter()
-    trainer = FoldTrainer(config, manifest, data.cache, 0, fold_dir, runtime)
-    predictions = trainer.run(resume=False)
+    setup = setup_fold(config, manifest, data.cache, 0, runtime)
+    state = train_fold(setup, folder, resume=False)
+    predictions = predict_fold(setup, folder, state)
     seconds = time.perf_counter() - started
     probabilities = predictions[list(CLASSES)].to_numpy()
     if not (abs(probabilities.sum(axis=1) - 1) < 1e-3).all():
@@ -232,13 +236,13 @@ def short_training(data: Prepared, scale: Scale, device: torch.device, args: arg
     return {
         "preset": config.name,
         "copies_of_each_image": copies,
-        "train_images_per_epoch": len(trainer.data.train),
-        "val_images": len(trainer.data.val),
+        "train_images_per_epoch": len(setup.data.train),
+        "val_images": len(setup.data.val),
         "test_images": len(predictions),
         "tta_views": config.tta,
         "epochs": [{"epoch": row["epoch"], "images_per_s": row["images_per_s"], "seconds": row["seconds"]}
-                   for row in trainer.state["history"]],
-        "best_weights": (fold_dir / "best.safetensors").is_file(),
+                   for row in state["history"]],
+        "best_weights": folder.best_weights.is_file(),
         "seconds": round(seconds, 1),
     }
 

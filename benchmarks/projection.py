@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from crossderm.models.factory import create_model
 from crossderm.train.config import load_config
-from crossderm.train.models import create_model
 
 SOURCE_IMAGES = {"ham": 10_015, "isic": 15_316}
 FOLDS = 5

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from crossderm.prepare.pipeline import PrepareConfig, prepare
-from crossderm.report.report import write_report
+from crossderm.report.build import write_report
 from crossderm.train.config import load_config
 from crossderm.train.cv import run_cv
 

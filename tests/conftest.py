@@ -19,7 +19,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def synth_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic download in the official layouts (both sources)."""
-    from crossderm.prepare.synth import generate
+    from crossderm.synth.generator import generate
 
     out = tmp_path_factory.mktemp("synth") / "raw"
     generate(out, ham_lesions=120, isic_lesions=120, seed=0, image_scale=0.5)

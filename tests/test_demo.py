@@ -19,8 +19,10 @@ def test_demo_writes_both_runs_and_the_report(tmp_path: Path) -> None:
         for source in ("ham", "isic"):
             entry = experiment["test"][source]["macro_f1"]
             assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
-        assert "value" in experiment["gap"]["macro_f1"]
-    assert "macro_f1" in next(iter(summary["gap_reduction"].values()))
+        assert "value" in experiment["gaps"]["ham - isic"]["macro_f1"]
+    comparison = summary["comparisons"]["demo_b_joint vs demo_a_ham_only"]
+    assert "relative" in comparison["gap_reduction"]["ham - isic"]["macro_f1"]
+    assert set(comparison["macro_f1_gain"]) == {"isic"}
     html = (out / "report" / "report.html").read_text()
     assert "Calibration" in html and "data:image/png;base64," in html
     for run in ("demo_a_ham_only", "demo_b_joint"):

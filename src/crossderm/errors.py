@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class CrossdermError(Exception):
@@ -12,3 +13,11 @@ class CrossdermError(Exception):
 def at(path: str | Path, row: int | None = None) -> str:
     """Location prefix ``file:row`` for messages; ``row`` is the 1-based line number in the file."""
     return f"{path}:{row}" if row is not None else str(path)
+
+
+def validation_message(exc: Any) -> str:
+    """A pydantic ``ValidationError``'s first error as ``field: reason`` on one line (+ how many more)."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "value"
+    more = exc.error_count() - 1
+    return f"{field}: {first['msg']}" + (f" ({more} more)" if more else "")

@@ -7,13 +7,28 @@ carcinoma / SCC in situ) and UNK is dropped. A YAML/JSON file ``{ISIC_COLUMN: ha
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from crossderm.errors import CrossdermError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+CLASS_INDEX: dict[str, int] = {name: index for index, name in enumerate(CLASSES)}
+CLASS_DESCRIPTIONS: dict[str, str] = {
+    "akiec": "actinic keratosis / intraepithelial carcinoma",
+    "bcc": "basal cell carcinoma",
+    "bkl": "benign keratosis-like lesion",
+    "df": "dermatofibroma",
+    "mel": "melanoma",
+    "nv": "melanocytic nevus",
+    "vasc": "vascular lesion",
+}
 ISIC2019_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
 DEFAULT_ISIC_TO_HAM: dict[str, str | None] = {
     "MEL": "mel",
@@ -26,6 +41,13 @@ DEFAULT_ISIC_TO_HAM: dict[str, str | None] = {
     "VASC": "vasc",
     "UNK": None,
 }
+
+
+def label_indices(labels: Iterable[str]) -> np.ndarray:
+    """Class names -> their indices in :data:`CLASSES` (int64); an unknown name is a ``KeyError``."""
+    import numpy as np
+
+    return np.fromiter((CLASS_INDEX[label] for label in labels), dtype=np.int64)
 
 
 def load_label_map(path: str | Path | None) -> dict[str, str | None]:

@@ -32,8 +32,6 @@ def _positive(result: dict, *keys: str) -> None:
 def test_input_pipeline_reports_both_loaders(synth_prepared: Path) -> None:
     result = bench_input_pipeline.measure(synth_prepared, TINY, CPU)
     _positive(result, "crossderm_batches_per_s", "crossderm_no_augment_batches_per_s", "conventional_batches_per_s")
-    assert result["ratio"] == pytest.approx(result["crossderm_batches_per_s"] / result["conventional_batches_per_s"])
-    assert result["meets_target"] == (result["ratio"] >= 20)
     assert result["conventional_workers"] == 1
     assert result["image_size"] == 32 and result["batch_size"] == TINY.batch_size
     assert "speed-up" in bench_input_pipeline.describe(result)
@@ -52,8 +50,6 @@ def test_conventional_loader_yields_normalised_batches_of_the_cache_size(synth_p
 def test_train_step_ratio_is_loader_over_memory(synth_prepared: Path) -> None:
     result = bench_train_step.measure(synth_prepared, TINY, CPU)
     _positive(result, "memory_images_per_s", "loader_images_per_s")
-    assert result["ratio"] == pytest.approx(result["loader_images_per_s"] / result["memory_images_per_s"])
-    assert result["meets_target"] == (result["ratio"] >= 0.95)
     assert result["model"] == TINY.model and not result["bf16_autocast"]
 
 
@@ -70,8 +66,6 @@ def test_training_steps_change_the_model(synth_prepared: Path) -> None:
 def test_tta_ratio_is_four_view_over_one_view_time(synth_prepared: Path) -> None:
     result = bench_tta.measure(synth_prepared, TINY, CPU)
     _positive(result, "views1_images_per_s", "views4_images_per_s")
-    assert result["ratio"] == pytest.approx(result["views1_images_per_s"] / result["views4_images_per_s"])
-    assert result["meets_target"] == (result["ratio"] <= 4.2)
 
 
 def test_best_rates_keeps_each_measures_best_round() -> None:
@@ -96,11 +90,10 @@ def test_projection_divides_image_steps_by_rates() -> None:
     result = projection.project(rates, flops=None)
     b = result["experiments"]["b"]
     assert b["rate_scale"] == 1.0
-    assert b["seconds"]["train"] == pytest.approx(b["train_image_steps"] / 100)
-    assert b["seconds"]["validation"] == pytest.approx(b["val_1view_images"] / 400)
-    assert b["seconds"]["tta_inference"] == pytest.approx(b["tta_images"] / 100)
-    assert b["hours"] == pytest.approx(sum(b["seconds"].values()) / 3600)
-    assert result["total_hours"] == pytest.approx(b["hours"] + result["experiments"]["a"]["hours"])
+    # from the real counts: 5 folds x 30 epochs x 18,239 training images at 100 img/s; 2,026 validation images
+    # per epoch at 400 img/s; 5 x (2,026 + 5,066) images with TTA at 100 img/s
+    assert b["seconds"] == pytest.approx({"train": 27_358.5, "validation": 759.75, "tta_inference": 354.6})
+    assert b["hours"] == pytest.approx((27_358.5 + 759.75 + 354.6) / 3600)
 
 
 def test_projection_scales_convnext_tiny_rates_to_the_fusion_model_by_flops() -> None:
@@ -170,13 +163,9 @@ def test_gpu_check_cpu_smoke_runs_every_stage(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert set(report["step_images_per_s"]) == {"model_only", "loader", "naive_jpeg"}
     assert all(rate > 0 for rate in report["step_images_per_s"].values())
-    assert report["loader_share"] == pytest.approx(report["step_images_per_s"]["loader"]
-                                                   / report["step_images_per_s"]["model_only"])
     training = report["training"]
     assert len(training["epochs"]) == 1 and training["best_weights"] and training["test_images"] > 0
     assert not report["gpu_resident_cache"]  # CPU: batches come from the memory-mapped cache
     protocol = report["protocol_projection"]
     assert protocol["train_images_per_s"] == training["epochs"][-1]["images_per_s"]
-    b = protocol["experiments"]["b"]
-    assert b["seconds"]["train"] == pytest.approx(b["train_image_steps"] / protocol["train_images_per_s"])
-    assert protocol["total_hours"] == pytest.approx(sum(e["hours"] for e in protocol["experiments"].values()))
+    assert set(protocol["experiments"]) == {"a", "b"} and protocol["total_hours"] > 0

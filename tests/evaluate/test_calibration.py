@@ -62,7 +62,7 @@ def test_run_calibration_is_fitted_per_fold_on_validation(synth_run: Path) -> No
 
 
 def test_calibrated_ensemble_applies_the_fold_temperatures(synth_run: Path, synth_prepared: Path) -> None:
-    from crossderm.predict.model_io import Ensemble
+    from crossderm.predict.ensemble import Ensemble
 
     pixels = np.load(synth_prepared / "images_32.npy", mmap_mode="r")[:8]
     raw = Ensemble(synth_run, folds=[2]).predict(np.array(pixels))

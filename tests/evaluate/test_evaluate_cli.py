@@ -58,14 +58,15 @@ def test_writes_json_and_markdown_matching_sklearn(
     assert evaluate(path, out) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     markdown = (out / "metrics.md").read_text()
-    assert list(metrics) == ["ham", "isic", "gap", "bootstrap"]
+    assert list(metrics["sources"]) == ["ham", "isic"] and list(metrics["gaps"]) == ["ham - isic"]
+    assert metrics["reference_source"] == "ham"
     assert metrics["bootstrap"] == {"n_resamples": 200, "seed": 0, "ci": 0.95, "method": "percentile"}
     for source in ("ham", "isic"):
         rows = frame[frame["source"] == source]
         y = rows["label"].map(CLASSES.index).to_numpy()
         pred = rows[list(CLASSES)].to_numpy().argmax(axis=1)
         present = np.unique(y)
-        section = metrics[source]
+        section = metrics["sources"][source]
         assert section["n"] == len(rows)
         assert section["macro_f1"]["value"] == pytest.approx(
             f1_score(y, pred, labels=present, average="macro", zero_division=0), abs=1e-9
@@ -73,12 +74,13 @@ def test_writes_json_and_markdown_matching_sklearn(
         assert section["accuracy"]["value"] == pytest.approx(accuracy_score(y, pred), abs=1e-9)
         assert np.array(section["confusion_matrix"]).sum() == len(rows)
         assert section["macro_f1"]["ci_low"] < section["macro_f1"]["value"] < section["macro_f1"]["ci_high"]
-    assert metrics["isic"]["per_class"]["df"] is None and metrics["isic"]["per_class_f1"]["df"] is None
-    assert "df" not in metrics["isic"]["classes_present"]
-    assert metrics["gap"]["macro_f1"]["value"] == pytest.approx(
-        metrics["ham"]["macro_f1"]["value"] - metrics["isic"]["macro_f1"]["value"]
+    ham, isic = metrics["sources"]["ham"], metrics["sources"]["isic"]
+    assert isic["per_class"]["df"] is None and isic["per_class_f1"]["df"] is None
+    assert "df" not in isic["classes_present"]
+    assert metrics["gaps"]["ham - isic"]["macro_f1"]["value"] == pytest.approx(
+        ham["macro_f1"]["value"] - isic["macro_f1"]["value"]
     )
-    value = metrics["ham"]["macro_f1"]
+    value = ham["macro_f1"]
     assert f"| macro-F1 | {value['value']:.4f} [{value['ci_low']:.4f}, {value['ci_high']:.4f}] |" in markdown
     assert "## Generalisation gap (ham - isic)" in markdown
     assert "| df | 0 | n/a | n/a | n/a | n/a |" in markdown
@@ -100,9 +102,30 @@ def test_results_ignore_row_order_and_other_sources(
     first = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert json.loads((tmp_path / "b" / "metrics.json").read_text()) == first
     alone = json.loads((tmp_path / "c" / "metrics.json").read_text())
-    assert list(alone) == ["ham", "bootstrap"] and alone["ham"] == first["ham"]
+    assert list(alone["sources"]) == ["ham"] and alone["gaps"] == {}
+    assert alone["sources"]["ham"] == first["sources"]["ham"]
     assert evaluate(path, tmp_path / "d", "--seed", "1") == 0
-    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["ham"] != first["ham"]
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["sources"]["ham"] != first["sources"]["ham"]
+
+
+def test_reference_source_names_every_gap(two_sources: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    """A third source gets its own gap against the reference; another reference flips every gap's sign."""
+    path, frame = two_sources
+    third = frame[frame["source"] == "isic"].assign(source="clinic")
+    with_third = tmp_path / "three.csv"
+    pd.concat([frame, third]).to_csv(with_third, index=False)
+    assert evaluate(with_third, tmp_path / "a") == 0
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert list(metrics["gaps"]) == ["ham - isic", "ham - clinic"]
+    assert metrics["gaps"]["ham - clinic"]["other"] == "clinic"
+    # the same images under another name: same point gap, independent resamples
+    assert metrics["gaps"]["ham - clinic"]["macro_f1"]["value"] == metrics["gaps"]["ham - isic"]["macro_f1"]["value"]
+    assert evaluate(with_third, tmp_path / "b", "--reference-source", "isic") == 0
+    flipped = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert list(flipped["gaps"]) == ["isic - ham", "isic - clinic"]
+    assert flipped["gaps"]["isic - ham"]["accuracy"]["value"] == pytest.approx(
+        -metrics["gaps"]["ham - isic"]["accuracy"]["value"]
+    )
 
 
 def small_frame() -> pd.DataFrame:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from crossderm.cli import main
+from crossderm.fsutil import sha256_file
+from crossderm.imaging import load_image
 from crossderm.labels import CLASSES
+from crossderm.models.card import ModelCard, write_card
+from crossderm.models.factory import count_parameters, create_model, normalisation
+from crossderm.predict.ensemble import Ensemble, FoldModel
 from crossderm.predict.gradcam import DISPLAY_SIZE, gradcam_overlay, target_layer_names
-from crossderm.predict.model_io import Ensemble, FoldModel
-from crossderm.prepare.cache import load_image
-from crossderm.train.engine import MODEL_CARD_FORMAT, sha256_file
-from crossderm.train.models import count_parameters, create_model, normalisation
 
 
 def synthetic_image(synth_raw: Path, index: int = 0) -> Path:
@@ -34,13 +34,11 @@ def untrained_run(root: Path, model_name: str, image_size: int, folds: int) -> P
         fold_dir.mkdir(parents=True)
         save_file(model.state_dict(), fold_dir / "best.safetensors")
         mean, std = normalisation(model)
-        card = {
-            "format": MODEL_CARD_FORMAT, "experiment": "untrained", "fold": fold, "model": model_name,
-            "classes": list(CLASSES), "image_size": image_size, "mean": list(mean), "std": list(std), "tta": 1,
-            "parameters": count_parameters(model), "weights": "best.safetensors",
-            "sha256": sha256_file(fold_dir / "best.safetensors"), "best_epoch": 0, "val_score": 0.0,
-        }
-        (fold_dir / "model.json").write_text(json.dumps(card))
+        write_card(fold_dir / "model.json", ModelCard(
+            experiment="untrained", fold=fold, model=model_name, classes=list(CLASSES), image_size=image_size,
+            mean=list(mean), std=list(std), tta=1, parameters=count_parameters(model), weights="best.safetensors",
+            sha256=sha256_file(fold_dir / "best.safetensors"), best_epoch=0, val_score=0.0,
+        ))
     return root
 
 
@@ -75,7 +73,7 @@ def test_trained_run_heatmap_and_overlay(synth_run: Path, synth_raw: Path) -> No
     explanation = gradcam_overlay(ensemble, pixels, display=load_image(path, DISPLAY_SIZE))
     assert_heatmap(explanation.heatmap, (ensemble.image_size, ensemble.image_size))
     assert explanation.overlay.size == (DISPLAY_SIZE, DISPLAY_SIZE) and explanation.overlay.mode == "RGB"
-    predicted = ensemble.predict(pixels[None], views=ensemble.card["tta"])[0].argmax()
+    predicted = ensemble.predict(pixels[None], views=ensemble.card.tta)[0].argmax()
     assert explanation.class_name == CLASSES[predicted]
     for member in ensemble.members:  # hooks removed, weights untouched: no gradients kept, flags restored
         assert all(p.requires_grad and p.grad is None for p in member.model.parameters())
@@ -144,6 +142,6 @@ def test_explain_cli(synth_run: Path, synth_raw: Path, tmp_path: Path, capsys: p
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(images[0].read_bytes()[:200])
     assert main(["explain", "--model", str(synth_run), str(broken), "--out", str(out)]) == 2
-    assert "broken.jpg: cannot decode image" in capsys.readouterr().err
+    assert "broken.jpg: cannot read the image header (OSError: Truncated File Read)" in capsys.readouterr().err
     assert main(["explain", "--model", str(synth_run), str(images[0]), str(images[0]), "--out", str(out)]) == 2
     assert "share the image id" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from PIL import Image
 
 from crossderm.cli import main
 from crossderm.labels import CLASSES
-from crossderm.predict.model_io import Ensemble
+from crossderm.predict.ensemble import Ensemble
 from crossderm.predict.onnx_backend import OnnxEnsemble
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossderm.predict.tta import predict_logits_tta, tta_views
+from crossderm.models.tta import predict_proba_tta, tta_views
 
 
 class CountingModel(nn.Module):
@@ -33,12 +33,12 @@ def test_one_batched_forward_averaging_probabilities() -> None:
     torch.manual_seed(0)
     model = CountingModel()
     images = torch.randn(5, 3, 4, 4)
-    probs = predict_logits_tta(model, images, views=4, amp=False)
+    probs = predict_proba_tta(model, images, views=4, bf16=False)
     assert model.calls == [20]
     expected = torch.stack(
         [model.linear(v.flatten(1)).softmax(1) for v in tta_views(images, 4).view(4, 5, 3, 4, 4)]
     ).mean(0)
     assert torch.allclose(probs, expected, atol=1e-6)
     assert torch.allclose(probs.sum(1), torch.ones(5))
-    one = predict_logits_tta(model, images, views=1, amp=False)
+    one = predict_proba_tta(model, images, views=1, bf16=False)
     assert torch.allclose(one, model.linear(images.flatten(1)).softmax(1), atol=1e-6)

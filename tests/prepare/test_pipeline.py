@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from crossderm.cli import main
-from crossderm.prepare.cache import load_image
-from crossderm.prepare.pipeline import load_dataset
+from crossderm.datafolder import load_dataset
+from crossderm.imaging import load_image
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,8 @@ def real_prepared(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_real_sample_manifest_and_audit(real_prepared: Path) -> None:
-    manifest, info = load_dataset(real_prepared)
+    data = load_dataset(real_prepared)
+    manifest, info = data.manifest, data.info
     assert len(manifest) == 7501 + 2097 == info["images"]
     cache = np.load(real_prepared / info["cache_file"], mmap_mode="r")
     assert cache.shape == (len(manifest), 32, 32, 3) and cache.dtype == np.uint8
@@ -56,7 +57,8 @@ def test_real_sample_manifest_and_audit(real_prepared: Path) -> None:
 
 
 def test_cache_pixels_are_the_decoded_images(real_prepared: Path) -> None:
-    manifest, info = load_dataset(real_prepared)
+    data = load_dataset(real_prepared)
+    manifest, info = data.manifest, data.info
     cache = np.load(real_prepared / info["cache_file"], mmap_mode="r")
     for row in manifest.sample(5, random_state=0).itertuples():
         expected = np.asarray(load_image(row.path, 32))
@@ -118,7 +120,7 @@ def _prepare(raw: Path, out: Path, *extra: str) -> int:
 
 def test_synthetic_download_prepares_like_the_real_one(synth_copy: Path, tmp_path: Path) -> None:
     assert _prepare(synth_copy, tmp_path / "p") == 0
-    manifest, _ = load_dataset(tmp_path / "p")
+    manifest = load_dataset(tmp_path / "p").manifest
     ham_ids = set(pd.read_csv(synth_copy / "HAM10000" / "HAM10000_metadata.csv")["image_id"])
     isic = manifest[manifest["source"] == "isic"]
     assert not set(isic["image_id"].str.removesuffix("_downsampled")) & ham_ids

@@ -100,18 +100,20 @@ CRASH_IN_THIRD_EPOCH = """
 import sys
 
 from crossderm.cli import main
-from crossderm.train.engine import FoldTrainer
+from crossderm.train import engine
 
-original = FoldTrainer.train_epoch
+original = engine.train_one_epoch
+calls = []
 
 
-def train_epoch(self, epoch):
-    if epoch == 2:
+def train_one_epoch(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
         raise KeyboardInterrupt
-    return original(self, epoch)
+    return original(*args, **kwargs)
 
 
-FoldTrainer.train_epoch = train_epoch
+engine.train_one_epoch = train_one_epoch
 sys.exit(main())
 """
 

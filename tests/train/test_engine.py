@@ -10,17 +10,18 @@ import pandas as pd
 import pytest
 
 from crossderm.cli import main
+from crossderm.datafolder import load_dataset
 from crossderm.labels import CLASSES
-from crossderm.prepare.pipeline import load_dataset
+from crossderm.train import engine
 from crossderm.train.config import load_config
 from crossderm.train.cv import run_cv
-from crossderm.train.engine import FoldTrainer, fold_data
+from crossderm.train.fold import fold_data
 
 FAST = ["model=test_efficientnet", "epochs=3", "batch_size=32", "eval_batch_size=128", "lr=3e-3", "channels_last=false"]
 
 
 def test_fold_sets_are_disjoint_and_lesion_grouped(synth_prepared: Path) -> None:
-    manifest, _ = load_dataset(synth_prepared)
+    manifest = load_dataset(synth_prepared).manifest
     config = load_config("demo_a_ham_only", FAST)
     data = fold_data(manifest, config, fold=2)
     assert set(data.train["source"]) == {"ham"} and set(data.val["source"]) == {"ham"}
@@ -66,19 +67,21 @@ def test_resumed_fold_matches_uninterrupted(
     synth_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = _fold_predictions(synth_prepared, tmp_path / "whole")
-    original = FoldTrainer.train_epoch
+    original = engine.train_one_epoch
+    calls: list[int] = []
 
-    def crash_in_third_epoch(self: FoldTrainer, epoch: int) -> tuple[float, float]:
-        if epoch == 2:
+    def crash_in_third_epoch(*args: object, **kwargs: object) -> tuple[float, float]:
+        calls.append(1)
+        if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(self, epoch)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(FoldTrainer, "train_epoch", crash_in_third_epoch)
+    monkeypatch.setattr(engine, "train_one_epoch", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         _fold_predictions(synth_prepared, tmp_path / "crashed")
     state = json.loads((tmp_path / "crashed" / "fold_1" / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 2
-    monkeypatch.setattr(FoldTrainer, "train_epoch", original)
+    monkeypatch.setattr(engine, "train_one_epoch", original)
     code = main(
         [
             "cv",
@@ -117,15 +120,15 @@ def test_cv_pools_every_image_exactly_once(synth_prepared: Path, tmp_path: Path)
         ]
     )
     assert code == 0
-    manifest, _ = load_dataset(synth_prepared)
+    manifest = load_dataset(synth_prepared).manifest
     oof = pd.read_csv(out / "oof_predictions.csv", dtype={"image_id": str})
     # HAM-only training, tested on HAM folds and on all of ISIC: every image of both sources exactly once
     assert sorted(zip(oof["source"], oof["image_id"], strict=True)) == sorted(
         zip(manifest["source"], manifest["image_id"], strict=True)
     )
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["ham"]["n"] == (manifest["source"] == "ham").sum()
-    assert {"macro_f1", "accuracy", "balanced_accuracy"} <= set(metrics["gap"])
+    assert metrics["sources"]["ham"]["n"] == (manifest["source"] == "ham").sum()
+    assert {"macro_f1", "accuracy", "balanced_accuracy"} <= set(metrics["gaps"]["ham - isic"])
     config = json.loads(json.dumps(__import__("yaml").safe_load((out / "config.yaml").read_text())))
     assert config["epochs"] == 1 and config["model"] == "test_efficientnet"
     assert json.loads((out / "run.json").read_text())["parameters"] > 0

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from crossderm.models.preprocess import Normalise
 from crossderm.train.augment import AugmentConfig
-from crossderm.train.loader import CacheBatches, Normalise, prefetch
+from crossderm.train.loader import CacheBatches, prefetch
 
 
 def test_batches_match_the_cache() -> None:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from crossderm.errors import CrossdermError
-from crossderm.train.models import count_parameters, create_model
+from crossderm.models.factory import count_parameters, create_model
 
 
 def test_convnext_tiny_has_27_8_million_parameters() -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
 
 from crossderm.errors import CrossdermError
 from crossderm.fsutil import atomic_write_json
-from crossderm.labels import CLASSES
+from crossderm.labels import CLASSES, label_indices
+from crossderm.runfolder import RunFolder
 
 N_BINS = 15
 EPS = 1e-12
@@ -58,6 +58,8 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising the negative log-likelihood of ``labels`` (bounded search in [0.05, 20])."""
+    from scipy.optimize import minimize_scalar
+
     if len(labels) == 0:
         raise CrossdermError("cannot fit a temperature on an empty validation set")
 
@@ -70,8 +72,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _probs_and_labels(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    index = {c: i for i, c in enumerate(CLASSES)}
-    return frame[list(CLASSES)].to_numpy(dtype=np.float64), frame["label"].map(index).to_numpy()
+    return frame[list(CLASSES)].to_numpy(dtype=np.float64), label_indices(frame["label"])
 
 
 def calibrate_run(run_dir: Path) -> dict:
@@ -79,12 +80,12 @@ def calibrate_run(run_dir: Path) -> dict:
 
     Writes ``RUN_DIR/calibration.json`` (read by ``crossderm predict --calibrated`` and the report).
     """
-    run_dir = Path(run_dir)
-    oof = pd.read_csv(run_dir / "oof_predictions.csv", dtype={"image_id": str})
+    run = RunFolder(run_dir)
+    oof = pd.read_csv(run.oof_predictions, dtype={"image_id": str})
     temperatures: dict[str, float] = {}
     calibrated = oof.copy()
     for fold in sorted(oof["fold"].unique()):
-        val_path = run_dir / f"fold_{fold}" / "val_predictions.csv"
+        val_path = run.fold(fold).val_predictions
         if not val_path.is_file():
             raise CrossdermError(f"{val_path}: missing (needed to fit the temperature of fold {fold})")
         temperature = fit_temperature(*_probs_and_labels(pd.read_csv(val_path, dtype={"image_id": str})))
@@ -109,5 +110,5 @@ def calibrate_run(run_dir: Path) -> dict:
         "temperature": temperatures,
         "sources": per_source,
     }
-    atomic_write_json(run_dir / "calibration.json", result)
+    atomic_write_json(run.calibration, result)
     return result

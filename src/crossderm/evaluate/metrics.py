@@ -23,8 +23,15 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-CI_LEVEL = 0.95
-GAP_METRICS: tuple[str, ...] = ("macro_f1", "accuracy", "balanced_accuracy")
+from crossderm.defaults import CI_LEVEL
+
+# The headline metrics of every table (key -> label); each source-to-source gap is computed for all of them.
+HEADLINE_METRICS: dict[str, str] = {
+    "macro_f1": "macro-F1",
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+}
+GAP_METRICS: tuple[str, ...] = tuple(HEADLINE_METRICS)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -293,11 +300,16 @@ def evaluate_source(
     )
 
 
+def gap_name(reference: str, other: str) -> str:
+    """The key of a gap in metrics.json and the report: ``"ham - isic"``."""
+    return f"{reference} - {other}"
+
+
 def generalisation_gap(
-    first: SourceEvaluation, second: SourceEvaluation
+    reference: SourceEvaluation, other: SourceEvaluation
 ) -> dict[str, dict[str, float | None]]:
-    """first - second per gap metric; the sources are resampled independently, so the draws just subtract."""
+    """reference - other per gap metric; the sources are resampled independently, so the draws just subtract."""
     return {
-        m: interval(first.points[m] - second.points[m], first.resamples[m] - second.resamples[m])
+        m: interval(reference.points[m] - other.points[m], reference.resamples[m] - other.resamples[m])
         for m in GAP_METRICS
     }

@@ -9,26 +9,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crossderm.defaults import BOOTSTRAP_SEED, N_BOOTSTRAP, REFERENCE_SOURCE
 from crossderm.errors import CrossdermError, at
 from crossderm.labels import CLASSES
+from crossderm.runfolder import METRICS_JSON, METRICS_MD
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 ID_COLUMNS = ("image_id", "source", "label")
-RESERVED_SOURCES = ("gap", "bootstrap")
 SUM_TOLERANCE = 1e-3
-GAP = ("ham", "isic")
 
 
-def evaluate_file(predictions: Path, out: Path, n_resamples: int, seed: int) -> tuple[dict[str, Any], str]:
+def evaluate_file(
+    predictions: Path,
+    out: Path,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = BOOTSTRAP_SEED,
+    reference_source: str = REFERENCE_SOURCE,
+) -> tuple[dict[str, Any], str]:
     """Validate ``predictions``, evaluate it and write ``out/metrics.json`` + ``out/metrics.md``."""
     from crossderm.fsutil import atomic_write_json, atomic_write_text
 
-    metrics = compute_metrics(load_predictions(predictions), n_resamples, seed)
+    metrics = compute_metrics(load_predictions(predictions), n_resamples, seed, reference_source)
     markdown = render_markdown(metrics, predictions)
-    atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "metrics.md", markdown)
+    atomic_write_json(out / METRICS_JSON, metrics)
+    atomic_write_text(out / METRICS_MD, markdown)
     return metrics, markdown
 
 
@@ -61,10 +68,6 @@ def load_predictions(path: Path) -> pd.DataFrame:
 
     for column in ("image_id", "source"):
         fail_first(raw[column].str.strip() == "", lambda i, column=column: f"blank {column}")
-    fail_first(
-        raw["source"].isin(RESERVED_SOURCES),
-        lambda i: f"source {raw['source'].iat[i]!r} is reserved (it names a section of metrics.json)",
-    )
     fail_first(
         ~raw["label"].isin(CLASSES),
         lambda i: f"unknown label {raw['label'].iat[i]!r} (expected one of {', '.join(CLASSES)})",
@@ -100,31 +103,50 @@ def load_predictions(path: Path) -> pd.DataFrame:
     return table
 
 
-def compute_metrics(table: pd.DataFrame, n_resamples: int, seed: int) -> dict[str, Any]:
-    """metrics.json content: one section per source (in order of appearance), the gap, the bootstrap setup.
-
-    Each source's rows are sorted by image_id and its generator is seeded with (seed, CRC32 of the source
-    name), so its CIs depend only on its own rows, not on row order or on the other sources.
-    """
+def source_rng(seed: int, source: str) -> np.random.Generator:
+    """The bootstrap generator of one source, seeded with (seed, CRC32 of its name): a source's CIs depend
+    only on its own rows, and the paired comparisons of the report redraw exactly the same resamples."""
     import zlib
 
     import numpy as np
 
-    from crossderm.evaluate.metrics import CI_LEVEL, evaluate_source, generalisation_gap
+    return np.random.default_rng([seed, zlib.crc32(str(source).encode())])
+
+
+def compute_metrics(
+    table: pd.DataFrame,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = BOOTSTRAP_SEED,
+    reference_source: str = REFERENCE_SOURCE,
+) -> dict[str, Any]:
+    """metrics.json content: ``sources`` (one section each, in order of appearance), ``gaps`` (the reference
+    source minus each other source, when the reference is present) and the bootstrap setup.
+
+    Each source's rows are sorted by image_id before resampling, so results do not depend on row order.
+    """
+    from crossderm.defaults import CI_LEVEL
+    from crossderm.evaluate.metrics import evaluate_source, gap_name, generalisation_gap
+    from crossderm.labels import label_indices
 
     evaluations = {}
     for source, rows in table.groupby("source", sort=False):
         rows = rows.sort_values("image_id", kind="stable")
-        rng = np.random.default_rng([seed, zlib.crc32(str(source).encode())])
-        y = rows["label"].map(CLASSES.index).to_numpy()
         evaluations[str(source)] = evaluate_source(
-            y, rows[list(CLASSES)].to_numpy(), CLASSES, n_resamples, rng
+            label_indices(rows["label"]), rows[list(CLASSES)].to_numpy(), CLASSES, n_resamples,
+            source_rng(seed, str(source)),
         )
-    metrics: dict[str, Any] = {source: evaluation.summary for source, evaluation in evaluations.items()}
-    if all(source in evaluations for source in GAP):
-        metrics["gap"] = generalisation_gap(evaluations[GAP[0]], evaluations[GAP[1]])
-    metrics["bootstrap"] = {"n_resamples": n_resamples, "seed": seed, "ci": CI_LEVEL, "method": "percentile"}
-    return metrics
+    gaps = {}
+    if reference_source in evaluations:
+        for other, evaluation in evaluations.items():
+            if other != reference_source:
+                entry = generalisation_gap(evaluations[reference_source], evaluation)
+                gaps[gap_name(reference_source, other)] = {"reference": reference_source, "other": other, **entry}
+    return {
+        "sources": {source: evaluation.summary for source, evaluation in evaluations.items()},
+        "reference_source": reference_source,
+        "gaps": gaps,
+        "bootstrap": {"n_resamples": n_resamples, "seed": seed, "ci": CI_LEVEL, "method": "percentile"},
+    }
 
 
 def _cell(entry: dict[str, float | None] | None) -> str:
@@ -138,6 +160,8 @@ def _cell(entry: dict[str, float | None] | None) -> str:
 
 def render_markdown(metrics: dict[str, Any], predictions: Path) -> str:
     """Readable summary of metrics.json: headline table, per-class table and confusion matrix per source."""
+    from crossderm.evaluate.metrics import HEADLINE_METRICS
+
     setup = metrics["bootstrap"]
     lines = [
         f"# Evaluation of {predictions}",
@@ -145,15 +169,8 @@ def render_markdown(metrics: dict[str, Any], predictions: Path) -> str:
         f"Value [{setup['ci']:.0%} CI]: {setup['method']} bootstrap over images, "
         f"{setup['n_resamples']} resamples, seed {setup['seed']}.",
     ]
-    headline = (
-        ("macro-F1", "macro_f1"),
-        ("accuracy", "accuracy"),
-        ("balanced accuracy", "balanced_accuracy"),
-        ("macro AUC", "macro_auc"),
-    )
-    for source, summary in metrics.items():
-        if source in RESERVED_SOURCES:
-            continue
+    headline = [(label, key) for key, label in HEADLINE_METRICS.items()] + [("macro AUC", "macro_auc")]
+    for source, summary in metrics["sources"].items():
         lines += ["", f"## {source} (n = {summary['n']})", "", "| metric | value [95% CI] |", "|:--|:--|"]
         lines += [f"| {label} | {_cell(summary[key])} |" for label, key in headline]
         lines += ["", "| class | support | F1 | precision | recall | AUC |", "|:--|--:|:--|:--|:--|:--|"]
@@ -169,15 +186,10 @@ def render_markdown(metrics: dict[str, Any], predictions: Path) -> str:
             f"| {name} | " + " | ".join(str(v) for v in row) + " |"
             for name, row in zip(CLASSES, summary["confusion_matrix"], strict=True)
         ]
-    if "gap" in metrics:
-        lines += [
-            "",
-            f"## Generalisation gap ({GAP[0]} - {GAP[1]})",
-            "",
-            "| metric | value [95% CI] |",
-            "|:--|:--|",
-        ]
-        lines += [
-            f"| {label} | {_cell(metrics['gap'][key])} |" for label, key in headline if key in metrics["gap"]
-        ]
+    for name, gap in metrics["gaps"].items():
+        lines += ["", f"## Generalisation gap ({name})", "", "| metric | value [95% CI] |", "|:--|:--|"]
+        lines += [f"| {label} | {_cell(gap[key])} |" for key, label in HEADLINE_METRICS.items()]
+    if not metrics["gaps"]:
+        lines += ["", f"No generalisation gap: the reference source {metrics['reference_source']!r} is not in "
+                  "the predictions, or it is the only source."]
     return "\n".join(lines) + "\n"

@@ -10,8 +10,10 @@ ensemble's CAM is the mean of its folds' CAMs, each scaled to [0, 1] first, so e
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -20,9 +22,10 @@ from PIL import Image
 from torch import nn
 
 from crossderm.errors import CrossdermError
+from crossderm.imaging import DecodedImage
 from crossderm.labels import CLASSES
-from crossderm.predict.model_io import Ensemble
-from crossderm.train.models import DualBackboneFusion
+from crossderm.models.fusion import DualBackboneFusion
+from crossderm.predict.ensemble import Ensemble
 
 MIN_GRID = 4
 DISPLAY_SIZE = 384
@@ -115,7 +118,7 @@ def gradcam_overlay(
 ) -> Explanation:
     """Grad-CAM of one uint8 (H, W, 3) image: heatmap (H, W) in [0, 1], overlay and the explained class.
 
-    ``pixels`` should come from :func:`crossderm.prepare.cache.load_image` at ``ensemble.image_size``, as in
+    ``pixels`` should come from :func:`crossderm.imaging.load_image` at ``ensemble.image_size``, as in
     training; other sizes are resized to it for the model. ``class_index`` defaults to the ensemble's
     prediction (with the run's TTA views). The overlay is drawn on ``display`` (e.g. a larger crop of the
     same image) or, by default, on ``pixels``.
@@ -127,9 +130,31 @@ def gradcam_overlay(
     if pixels.shape[:2] != (size, size):
         model_pixels = np.array(Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC))
     if class_index is None:
-        class_index = int(ensemble.predict(model_pixels[None], views=ensemble.card["tta"])[0].argmax())
+        class_index = int(ensemble.predict(model_pixels[None], views=ensemble.card.tta)[0].argmax())
     if not 0 <= class_index < len(CLASSES):
         raise ValueError(f"class index must be 0..{len(CLASSES) - 1}, got {class_index}")
     heatmap = _resize(ensemble_cam(ensemble, model_pixels, class_index), (pixels.shape[1], pixels.shape[0]))
     background = display if display is not None else Image.fromarray(pixels)
     return Explanation(heatmap, overlay(background, heatmap), CLASSES[class_index])
+
+
+@dataclass(frozen=True)
+class ExplainedImage:
+    """What ``serve`` and ``explain`` show for one image: probabilities, prediction and the overlay as PNG."""
+
+    probabilities: np.ndarray
+    predicted: int
+    explanation: Explanation
+    png: bytes
+
+
+def explain_image(ensemble: Ensemble, image: DecodedImage, class_index: int | None = None) -> ExplainedImage:
+    """Predict one decoded image (the run's TTA views), then Grad-CAM of ``class_index`` (default: the
+    prediction) drawn on the image's display crop, encoded as PNG."""
+    probs = ensemble.predict(image.pixels[None], views=ensemble.card.tta)[0]
+    predicted = int(probs.argmax())
+    target = predicted if class_index is None else class_index
+    explanation = gradcam_overlay(ensemble, image.pixels, class_index=target, display=image.display)
+    buffer = io.BytesIO()
+    explanation.overlay.save(buffer, format="PNG")
+    return ExplainedImage(probs, predicted, explanation, buffer.getvalue())

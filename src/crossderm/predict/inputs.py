@@ -1,30 +1,20 @@
-"""Inputs of ``crossderm predict``: collect image paths, decode each exactly as training did.
+"""Inputs of ``crossderm predict``: the image paths named by files, folders and CSV lists.
 
 Arguments may be image files, folders (searched recursively for .jpg/.jpeg/.png/.bmp/.tif/.tiff, sorted; hidden
 files and folders skipped) or ``.csv`` lists with a ``path``, ``image`` or ``image_id`` column (the first present, in
 that order; relative entries resolve against the CSV's folder, and an entry without an image suffix, like ISIC's
-``ISIC_0000000``, is looked up with each suffix). A missing or undecodable image is never fatal: :func:`decode`
-raises :class:`ImageError` with a one-line reason so the caller writes an error row and carries on.
+``ISIC_0000000``, is looked up with each suffix). Missing paths are kept: decoding them later gives an error row.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from crossderm.errors import CrossdermError, at
-from crossderm.prepare.cache import load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 CSV_COLUMNS = ("path", "image", "image_id")
-
-
-class ImageError(Exception):
-    """One image cannot be used; the message is a one-line reason for its error row."""
 
 
 def collect_inputs(arguments: Sequence[str | Path]) -> list[Path]:
@@ -86,24 +76,3 @@ def _resolve(path: Path) -> Path:
         if candidate.is_file():
             return candidate
     return path
-
-
-def decode(path: Path, size: int, max_pixels: int) -> np.ndarray:
-    """uint8 (size, size, 3) through :func:`load_image`; the pixel cap is checked from the header first."""
-    if not path.exists():
-        raise ImageError("no such file")
-    if not path.is_file():
-        raise ImageError("not a file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as header:
-                width, height = header.size
-        if width * height > max_pixels:
-            raise ImageError(f"{width} x {height} = {width * height:,} pixels exceeds --max-pixels {max_pixels:,}")
-        return np.asarray(load_image(path, size))
-    except ImageError:
-        raise
-    except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, bomb errors...: all mean "bad image"
-        message = " ".join(str(exc).split()) or "no details"
-        raise ImageError(f"cannot decode image ({type(exc).__name__}: {message})") from None

@@ -3,7 +3,7 @@
 Graph contract: input ``images`` float32 (N, 3, S, S), already normalised with the run's mean/std (dynamic N);
 output ``probs`` float32 (N, 7), the mean over the fold models of each model's softmax. Test-time augmentation
 stays outside the graph: :class:`OnnxEnsemble` stacks the flip views along the batch exactly like
-:func:`crossderm.predict.tta.predict_logits_tta`, runs the graph once and averages the views, so one file serves
+:func:`crossderm.models.tta.predict_proba_tta`, runs the graph once and averages the views, so one file serves
 ``--tta 1..4`` and the graph is a plain feed-forward net any runtime accepts. Fold and view means commute (both are
 plain means of probabilities), so the result equals the torch backend's.
 
@@ -29,11 +29,13 @@ import torch
 from torch import nn
 
 from crossderm.errors import CrossdermError
-from crossderm.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from crossderm.fsutil import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from crossderm.labels import CLASSES
-from crossderm.predict.model_io import Ensemble, read_card
-from crossderm.predict.tta import VIEW_FLIPS
-from crossderm.train.engine import sha256_file
+from crossderm.models.card import read_card
+from crossderm.models.preprocess import Normalise, to_unit_float
+from crossderm.models.tta import VIEW_FLIPS, check_views
+from crossderm.predict.ensemble import Ensemble
+from crossderm.runfolder import RunFolder
 
 SIDECAR_FORMAT = "crossderm-onnx/1"
 INPUT_NAME, OUTPUT_NAME = "images", "probs"
@@ -88,7 +90,7 @@ def export_onnx(ensemble: Ensemble, out: Path, opset: int = 17) -> dict[str, Any
             )
         except RuntimeError as exc:
             reason = str(exc).splitlines()[0]
-            raise CrossdermError(f"ONNX export of {ensemble.card['model']} failed: {reason}") from None
+            raise CrossdermError(f"ONNX export of {ensemble.card.model} failed: {reason}") from None
     data = buffer.getvalue()
 
     check = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -106,13 +108,13 @@ def export_onnx(ensemble: Ensemble, out: Path, opset: int = 17) -> dict[str, Any
         "format": SIDECAR_FORMAT,
         "onnx_file": out.name,
         "sha256": hashlib.sha256(data).hexdigest(),
-        "model": ensemble.card["model"],
+        "model": ensemble.card.model,
         "image_size": size,
-        "mean": list(ensemble.card["mean"]),
-        "std": list(ensemble.card["std"]),
+        "mean": list(ensemble.card.mean),
+        "std": list(ensemble.card.std),
         "classes": list(CLASSES),
         "folds": list(ensemble.folds),
-        "weights_sha256": {str(m.card["fold"]): m.card["sha256"] for m in ensemble.members},
+        "weights_sha256": {str(m.card.fold): m.card.sha256 for m in ensemble.members},
         "run_dir": str(ensemble.run_dir),
         "opset": opset,
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32", "normalised": True},
@@ -151,8 +153,8 @@ def read_sidecar(onnx_file: Path) -> dict[str, Any]:
 def check_same_run(sidecar: dict[str, Any], run_dir: Path) -> None:
     """Refuse an ONNX file whose fold weights are not those of ``run_dir`` (stale or from another run)."""
     for fold, digest in sidecar["weights_sha256"].items():
-        card = read_card(Path(run_dir) / f"fold_{fold}")
-        if card["sha256"] != digest:
+        card = read_card(RunFolder(run_dir).fold(int(fold)).model_card)
+        if card.sha256 != digest:
             raise CrossdermError(f"ONNX file was exported from other weights than {run_dir}/fold_{fold}; re-export it")
 
 
@@ -168,18 +170,15 @@ class OnnxEnsemble:
             raise CrossdermError(f"{self.onnx_file}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
         self.image_size: int = self.sidecar["image_size"]
         self.folds: list[int] = self.sidecar["folds"]
-        self.mean = np.asarray(self.sidecar["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(self.sidecar["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+        self.normalise = Normalise(tuple(self.sidecar["mean"]), tuple(self.sidecar["std"]))
 
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> normalised float32 (N, 3, H, W), the same arithmetic as ``Ensemble.preprocess``."""
-        images = pixels.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
-        return (images - self.mean) / self.std
+        """uint8 (N, H, W, 3) -> normalised float32 (N, 3, H, W) by the same code as ``Ensemble.preprocess``."""
+        return self.normalise(to_unit_float(torch.from_numpy(np.ascontiguousarray(pixels)))).numpy()
 
     def predict(self, pixels: np.ndarray, views: int = 4) -> np.ndarray:
         """Class probabilities (N, 7): the graph's fold mean, averaged over ``views`` flip views."""
-        if not 1 <= views <= len(VIEW_FLIPS):
-            raise ValueError(f"tta views must be 1..{len(VIEW_FLIPS)}, got {views}")
+        check_views(views)
         images = self.preprocess(pixels)
         stacked = np.concatenate([np.flip(images, axis=dims) if dims else images for dims in VIEW_FLIPS[:views]])
         probs = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(stacked)})[0]

@@ -1,16 +1,15 @@
 """Decode-once image cache: every image is decoded, resized and stored as uint8 in one ``.npy`` file.
 
-Training memory-maps the array and never touches a JPEG again. Aspect policy (documented in the README):
-the shorter side is resized to ``size`` and the centre ``size x size`` square is kept, so a 4:3 HAM10000
-image loses 1/8 of its width on each side and a square ISIC image is only resized. JPEGs are decoded with
-Pillow's DCT-domain downscaling (``Image.draft``), which makes large originals cheap to read.
+Training memory-maps the array and never touches a JPEG again. The decoding is :func:`crossderm.imaging.load_image`
+(the aspect policy, documented in the README: the shorter side is resized to ``size`` and the centre square kept,
+so a 4:3 HAM10000 image loses 1/8 of its width on each side; JPEGs are decoded with Pillow's DCT-domain
+downscaling, which makes large originals cheap to read), the same function inference uses.
 A 64-bit perceptual hash of each cached image is computed in the same pass for the near-duplicate audit.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -21,36 +20,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from crossderm.errors import CrossdermError
+from crossderm.imaging import load_image
 
 CHUNK = 64
-
-
-def load_image(path: str | Path, size: int) -> Image.Image:
-    """Decode one image to RGB, shorter side -> ``size``, centre-cropped square. Raises on bad files."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            image.draft("RGB", (size, size))
-            image = _to_rgb(image)
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any mode (L, I;16, P, RGBA, CMYK) -> 8-bit RGB; transparency is composited on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float32)
-        peak = max(float(array.max()), 1.0)
-        image = Image.fromarray((array * (255.0 / peak)).clip(0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
 
 
 def perceptual_hash(image: Image.Image) -> int:
@@ -100,8 +72,3 @@ def build_cache(paths: list[str], size: int, out_file: Path, workers: int | None
     cache.flush()
     del cache
     return hashes
-
-
-def open_cache(path: str | Path) -> np.ndarray:
-    """Memory-map a cache read-only: workers share the page cache instead of copying the array."""
-    return np.load(path, mmap_mode="r")

@@ -14,27 +14,23 @@ import numpy as np
 import pandas as pd
 
 from crossderm import __version__
+from crossderm.datafolder import (
+    AUDIT_JSON,
+    AUDIT_MD,
+    DATASET_INFO,
+    MANIFEST,
+    MANIFEST_COLUMNS,
+    SPLITS,
+    cache_file_name,
+    open_cache,
+)
 from crossderm.errors import CrossdermError
-from crossderm.fsutil import atomic_directory, atomic_write_json, atomic_write_text, read_json
+from crossderm.fsutil import atomic_directory, atomic_write_json, atomic_write_text
 from crossderm.labels import CLASSES, load_label_map
 from crossderm.prepare.audit import build_audit, confirm_pairs, near_duplicate_pairs, render_audit
-from crossderm.prepare.cache import build_cache, open_cache
+from crossderm.prepare.cache import build_cache
 from crossderm.prepare.sources import SourceReport, read_ham10000, read_isic2019
 from crossderm.split.folds import SPLIT_COLUMNS, assign_folds, folds_from_file, lesion_groups
-
-MANIFEST_COLUMNS = [
-    "image_id",
-    "source",
-    "site",
-    "label",
-    "original_label",
-    "lesion_id",
-    "lesion_group",
-    "fold",
-    "path",
-    "cache_index",
-    "phash",
-]
 
 
 @dataclass
@@ -91,7 +87,7 @@ def prepare(config: PrepareConfig) -> dict:
     if kept.empty:
         raise CrossdermError("no image files found for any labelled row")
     with atomic_directory(config.out, overwrite=config.overwrite) as staging:
-        cache_name = f"images_{config.image_size}.npy"
+        cache_name = cache_file_name(config.image_size)
         hashes = build_cache(kept["path"].tolist(), config.image_size, staging / cache_name, config.workers)
         kept["cache_index"] = np.arange(len(kept))
         kept["phash"] = [f"{h:016x}" for h in hashes]
@@ -115,22 +111,9 @@ def prepare(config: PrepareConfig) -> dict:
                 "isic": str(config.isic) if config.isic else None,
             },
         }
-        atomic_write_text(staging / "manifest.csv", kept[MANIFEST_COLUMNS].to_csv(index=False))
-        atomic_write_text(staging / "splits.csv", labelled[SPLIT_COLUMNS].to_csv(index=False))
-        atomic_write_json(staging / "dataset.json", dataset)
-        atomic_write_json(staging / "audit.json", audit)
-        atomic_write_text(staging / "audit.md", render_audit(audit))
+        atomic_write_text(staging / MANIFEST, kept[MANIFEST_COLUMNS].to_csv(index=False))
+        atomic_write_text(staging / SPLITS, labelled[SPLIT_COLUMNS].to_csv(index=False))
+        atomic_write_json(staging / DATASET_INFO, dataset)
+        atomic_write_json(staging / AUDIT_JSON, audit)
+        atomic_write_text(staging / AUDIT_MD, render_audit(audit))
     return audit
-
-
-def load_dataset(data_dir: str | Path) -> tuple[pd.DataFrame, dict]:
-    """Read a prepared ``DATA_DIR``: its manifest and its ``dataset.json``."""
-    data_dir = Path(data_dir)
-    manifest_path, info_path = data_dir / "manifest.csv", data_dir / "dataset.json"
-    for path in (manifest_path, info_path):
-        if not path.is_file():
-            raise CrossdermError(f"{path}: not found (run `crossderm prepare` to create {data_dir})")
-    manifest = pd.read_csv(
-        manifest_path, dtype={"image_id": str, "lesion_id": str, "phash": str}, keep_default_na=False
-    )
-    return manifest, read_json(info_path, f"run `crossderm prepare` to create {data_dir}")

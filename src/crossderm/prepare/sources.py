@@ -18,7 +18,12 @@ import pandas as pd
 from crossderm.errors import CrossdermError, at
 from crossderm.labels import CLASSES, ISIC2019_COLUMNS
 
+# The official downloads' file names. ``synth`` writes, and ``download`` unpacks into, folders named
+# HAM_FOLDER and ISIC_FOLDER holding exactly these.
+HAM_FOLDER = "HAM10000"
+ISIC_FOLDER = "ISIC2019"
 HAM_METADATA_NAMES = ("HAM10000_metadata.csv", "HAM10000_metadata")
+HAM_IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2")  # the reader also takes any subfolder
 ISIC_GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
 ISIC_METADATA = "ISIC_2019_Training_Metadata.csv"
 ISIC_IMAGE_FOLDER = "ISIC_2019_Training_Input"

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
-import json
 import threading
 import time
-import warnings
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -23,37 +20,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crossderm import __version__
-from crossderm.errors import CrossdermError
-from crossderm.labels import CLASSES
-from crossderm.predict.gradcam import DISPLAY_SIZE, MIN_GRID, gradcam_overlay, target_layer_names
-from crossderm.predict.model_io import Ensemble
-from crossderm.prepare.cache import load_image
+from crossderm.evaluate.metrics import HEADLINE_METRICS
+from crossderm.imaging import ImageError, ImageHeader, decode, read_header
+from crossderm.labels import CLASS_DESCRIPTIONS, CLASSES
+from crossderm.predict.ensemble import Ensemble
+from crossderm.predict.gradcam import DISPLAY_SIZE, MIN_GRID, explain_image, target_layer_names
+from crossderm.runfolder import RunFolder
 
 STATIC = Path(__file__).parent / "static"
-FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
 MULTIPART_SLACK = 64 * 1024  # multipart boundaries and part headers around the file itself
-HEADLINE = ("macro_f1", "accuracy", "balanced_accuracy")
-CLASS_NAMES = {
-    "akiec": "actinic keratosis / intraepithelial carcinoma",
-    "bcc": "basal cell carcinoma",
-    "bkl": "benign keratosis-like lesion",
-    "df": "dermatofibroma",
-    "mel": "melanoma",
-    "nv": "melanocytic nevus",
-    "vasc": "vascular lesion",
-}
+STATUS_OF_IMAGE_ERROR = {"too_large": 413, "unsupported": 415, "corrupt": 422, "missing": 422}
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -109,65 +95,40 @@ class UploadLimit:
         await self.app(scope, limited_receive, send)
 
 
-def inspect_header(data: bytes, max_pixels: int) -> dict[str, Any]:
-    """Format and size from the image header alone; refuses unknown formats and too many pixels."""
+def inspect_header(data: bytes, max_pixels: int) -> ImageHeader:
+    """Format and size from the image header alone (413 too many pixels, 415 not an image, 422 unreadable)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own pixel cap decides below
-            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-                fmt, (width, height) = image.format, image.size
-    except Image.DecompressionBombError as exc:
-        raise HTTPException(413, f"image has too many pixels ({exc})") from None
-    except UnidentifiedImageError:
-        raise HTTPException(415, f"not a supported image: send one of {', '.join(FORMATS)}") from None
-    except Exception as exc:  # any header parser failure is the file's fault, reported in one line
-        raise HTTPException(422, f"cannot read the image header ({_reason(exc)})") from None
-    if width * height > max_pixels:
-        raise HTTPException(
-            413, f"image is {width} x {height} = {width * height / 1e6:.1f} MP; the limit is {max_pixels / 1e6:g} MP"
-        )
-    return {"format": fmt, "width": width, "height": height}
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text or type(exc).__name__
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CrossdermError(f"{path}: cannot read JSON ({_reason(exc)})") from None
+        return read_header(data, max_pixels)
+    except ImageError as exc:
+        raise HTTPException(STATUS_OF_IMAGE_ERROR[exc.kind], str(exc)) from None
 
 
 def provenance(ensemble: Ensemble, limits: ServeLimits) -> dict[str, Any]:
     """What the page shows about the model: identity, size, folds and the run's metrics with 95 % CIs."""
-    run = _read_json(ensemble.run_dir / "run.json") or {}
-    metrics = _read_json(ensemble.run_dir / "metrics.json")
+    folder = RunFolder(ensemble.run_dir)
+    run = folder.read_run_info() if folder.run_info.is_file() else {}
+    metrics = folder.read_metrics() if folder.metrics.is_file() else {}
     card = ensemble.card
-    sources = None
-    if metrics is not None:
-        sources = {
-            name: {"n": summary.get("n"), **{key: summary.get(key) for key in HEADLINE}}
-            for name, summary in metrics.items()
-            if name != "gap" and isinstance(summary, dict) and "macro_f1" in summary
-        }
+    sources = {
+        name: {"n": summary.get("n"), **{key: summary.get(key) for key in HEADLINE_METRICS}}
+        for name, summary in (metrics.get("sources") or {}).items()
+    }
+    gaps = {
+        name: {key: gap.get(key) for key in HEADLINE_METRICS} for name, gap in (metrics.get("gaps") or {}).items()
+    }
     environment = run.get("environment", {})
     return {
-        "experiment": card.get("experiment") or run.get("experiment"),
+        "experiment": card.experiment,
         "run": ensemble.run_dir.name,
-        "model": card["model"],
-        "parameters": card.get("parameters", run.get("parameters")),
+        "model": card.model,
+        "parameters": card.parameters,
         "folds": ensemble.folds,
         "image_size": ensemble.image_size,
-        "tta_views": card["tta"],
-        "classes": [{"id": c, "name": CLASS_NAMES[c]} for c in CLASSES],
-        "metrics": sources,
-        "gap": {k: v for k, v in (metrics or {}).get("gap", {}).items() if k in HEADLINE} or None,
-        "bootstrap": (metrics or {}).get("bootstrap"),
+        "tta_views": card.tta,
+        "classes": [{"id": c, "name": CLASS_DESCRIPTIONS[c]} for c in CLASSES],
+        "metrics": sources or None,
+        "gaps": gaps or None,
+        "bootstrap": metrics.get("bootstrap"),
         "trained_with": {key: environment.get(key) for key in ("crossderm", "git_revision", "torch")},
         "gradcam": {
             "layers": target_layer_names(ensemble.members[0].model, ensemble.image_size),
@@ -188,7 +149,7 @@ class InferenceQueue:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crossderm-infer")
         self.slots = threading.BoundedSemaphore(limits.max_queue)
 
-    async def run(self, data: bytes, header: dict[str, Any]) -> dict[str, Any]:
+    async def run(self, data: bytes, header: ImageHeader) -> dict[str, Any]:
         if not self.slots.acquire(blocking=False):
             raise HTTPException(503, f"server busy: {self.limits.max_queue} requests already waiting; retry shortly")
         future = self.executor.submit(self._infer, data, header)
@@ -198,30 +159,21 @@ class InferenceQueue:
         except asyncio.TimeoutError:
             raise HTTPException(504, f"prediction took longer than {self.limits.timeout_s:g} s; retry later") from None
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, Image.Image]:
-        size = self.ensemble.image_size
-        try:
-            pixels = np.array(load_image(io.BytesIO(data), size))
-            display = load_image(io.BytesIO(data), max(size, DISPLAY_SIZE))
-        except Exception as exc:  # any decoder failure (truncated, corrupt, bomb) is the upload's fault
-            raise HTTPException(422, f"cannot decode the image ({_reason(exc)})") from None
-        return pixels, display
-
-    def _infer(self, data: bytes, header: dict[str, Any]) -> dict[str, Any]:
+    def _infer(self, data: bytes, header: ImageHeader) -> dict[str, Any]:
         started = time.perf_counter()
-        pixels, display = self._decode(data)
-        probs = self.ensemble.predict(pixels[None], views=self.ensemble.card["tta"])[0]
-        predicted = int(probs.argmax())
-        explanation = gradcam_overlay(self.ensemble, pixels, class_index=predicted, display=display)
-        buffer = io.BytesIO()
-        explanation.overlay.save(buffer, format="PNG")
+        try:
+            image = decode(data, self.ensemble.image_size, self.limits.max_pixels, DISPLAY_SIZE)
+        except ImageError as exc:
+            raise HTTPException(STATUS_OF_IMAGE_ERROR[exc.kind], str(exc)) from None
+        result = explain_image(self.ensemble, image)
+        predicted = CLASSES[result.predicted]
         return {
-            "probabilities": {name: float(p) for name, p in zip(CLASSES, probs, strict=True)},
-            "predicted": CLASSES[predicted],
-            "predicted_name": CLASS_NAMES[CLASSES[predicted]],
-            "gradcam_class": explanation.class_name,
-            "gradcam_png": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
-            "image": header,
+            "probabilities": {name: float(p) for name, p in zip(CLASSES, result.probabilities, strict=True)},
+            "predicted": predicted,
+            "predicted_name": CLASS_DESCRIPTIONS[predicted],
+            "gradcam_class": result.explanation.class_name,
+            "gradcam_png": "data:image/png;base64," + base64.b64encode(result.png).decode("ascii"),
+            "image": {"format": header.format, "width": header.width, "height": header.height},
             "elapsed_ms": round(1000 * (time.perf_counter() - started), 1),
         }
 

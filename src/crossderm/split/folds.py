@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from crossderm.datafolder import check_grouped_folds
 from crossderm.errors import CrossdermError
 
 
@@ -68,18 +69,6 @@ def folds_from_file(table: pd.DataFrame, path: Path) -> pd.Series:
     folds = pd.Series(merged["fold"].astype(int).to_numpy(), index=table.index)
     check_grouped_folds(table.assign(fold=folds))
     return folds
-
-
-def check_grouped_folds(table: pd.DataFrame) -> None:
-    """Fail loudly if any lesion group appears in two folds, or any row has no fold."""
-    if (table["fold"] < 0).any():
-        raise CrossdermError(f"{int((table['fold'] < 0).sum())} images were assigned no fold")
-    spread = table.groupby("lesion_group")["fold"].nunique()
-    leaking = spread[spread > 1]
-    if len(leaking):
-        raise CrossdermError(
-            f"lesion leakage: {len(leaking)} lesion groups span several folds, e.g. {leaking.index[0]!r}"
-        )
 
 
 def fold_table(table: pd.DataFrame) -> pd.DataFrame:

@@ -9,21 +9,23 @@ Evaluation applies none of this: only normalisation, plus the flip views of test
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    flips: bool = True
-    rotate90: bool = True
-    min_area: float = 0.6
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    channel_gain: float = 0.1
+class AugmentConfig(BaseModel):
+    """Strengths of the batch augmentations (``augment.<name>`` in a config); 0 turns a jitter off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flips: StrictBool = True
+    rotate90: StrictBool = True
+    min_area: float = Field(0.6, gt=0, le=1)
+    brightness: float = Field(0.2, ge=0, lt=1)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    saturation: float = Field(0.2, ge=0, le=1)
+    channel_gain: float = Field(0.1, ge=0, lt=1)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -1,51 +1,82 @@
-"""Experiment configuration: small YAML presets (``src/crossderm/configs``) plus ``--set key=value``."""
+"""Experiment configuration: small YAML presets (``src/crossderm/configs``) plus ``--set key=value``.
+
+One validator (pydantic) checks every setting's type and range before any work, so ``--set epochs=-1`` or a
+typo'd key fails at once with one line naming the setting, never deep inside training.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
-from crossderm.errors import CrossdermError
+from crossderm.defaults import MAX_TTA_VIEWS
+from crossderm.errors import CrossdermError, validation_message
 from crossderm.train.augment import AugmentConfig
+from crossderm.train.sampler import SAMPLERS
+
+Sampler = Literal["uniform", "class_balanced", "source_balanced", "source_class_balanced"]
+assert set(Sampler.__args__) == set(SAMPLERS)  # type: ignore[attr-defined]
 
 
-@dataclass
-class ExperimentConfig:
+class ExperimentConfig(BaseModel):
     """One cross-validated experiment: what to train on, how, and what to test on."""
 
-    name: str
-    model: str
-    train_sources: list[str]
-    test_sources: list[str]
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    train_sources: list[str] = Field(min_length=1)
+    test_sources: list[str] = Field(min_length=1)
     description: str = ""
-    pretrained: bool = False
+    pretrained: StrictBool = False
     pretrained_path: str | dict[str, str] | None = None
-    sampler: str = "uniform"
-    epochs: int = 10
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    val_fraction: float = 0.1
-    patience: int | None = None
-    tta: int = 4
-    seed: int = 0
-    amp: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sampler: Sampler = "uniform"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    patience: int | None = Field(None, ge=1)
+    tta: int = Field(4, ge=1, le=MAX_TTA_VIEWS)
+    seed: int = Field(0, ge=0)
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    channels_last: StrictBool = True
+    compile: StrictBool = False
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator(
+        "epochs", "batch_size", "eval_batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
+        "drop_rate", "drop_path_rate", "val_fraction", "patience", "tta", "seed", mode="before",
+    )
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML's yes/true would otherwise count as 1
+            raise ValueError("expected a number, got a boolean")
+        return value
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
+    @field_validator("train_sources", "test_sources")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value) or any(not s for s in value):
+            raise ValueError("sources must be distinct, non-empty names")
+        return value
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
 def preset_names() -> list[str]:
@@ -75,66 +106,33 @@ def _read_yaml(path_or_name: str | Path) -> tuple[dict[str, Any], str]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``key=value`` (YAML value), ``augment.min_area=0.5`` for nested keys."""
+    """``key=value`` (a YAML value), ``augment.min_area=0.5`` for a nested key."""
     raw = {**raw, "augment": dict(raw.get("augment") or {})}
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
+        key = key.strip()
+        if not sep or not key:
             raise CrossdermError(f"--set {item!r}: expected key=value")
-        parsed = yaml.safe_load(value)
-        if "." in key:
-            outer, inner = key.split(".", 1)
-            raw.setdefault(outer, {})[inner] = parsed
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise CrossdermError(f"--set {item!r}: the value is not valid YAML") from None
+        outer, dot, inner = key.partition(".")
+        if dot:
+            if outer != "augment" or not inner:
+                raise CrossdermError(f"--set {item!r}: only augment.<setting> may be nested")
+            raw["augment"][inner] = parsed
         else:
             raw[key] = parsed
     return raw
 
 
 def build_config(raw: dict[str, Any], where: str) -> ExperimentConfig:
-    fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise CrossdermError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-    augment_fields = {f.name for f in dataclasses.fields(AugmentConfig)}
-    augment = dict(raw.get("augment") or {})
-    bad = sorted(set(augment) - augment_fields)
-    if bad:
-        raise CrossdermError(f"{where}: unknown augment setting(s) {', '.join(bad)}")
+    """Validate settings; YAML's ``3e-3`` (a string to PyYAML) is read as the number it means."""
     try:
-        config = ExperimentConfig(
-            **{k: _coerce(ExperimentConfig, k, v, where) for k, v in raw.items() if k != "augment"},
-            augment=AugmentConfig(**{k: _coerce(AugmentConfig, k, v, where) for k, v in augment.items()}),
-        )
-    except TypeError as exc:
-        raise CrossdermError(f"{where}: {exc}") from None
-    if not 1 <= config.tta <= 4:
-        raise CrossdermError(f"{where}: tta must be 1..4, got {config.tta}")
-    if config.amp not in ("auto", "bf16", "off"):
-        raise CrossdermError(f"{where}: amp must be auto, bf16 or off, got {config.amp!r}")
-    return config
-
-
-def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
-    """Check a setting against its declared type; numbers written as ``3e-3`` (a YAML string) become floats."""
-    kind = {f.name: f.type for f in dataclasses.fields(cls)}[key]
-    try:
-        if kind == "float":
-            return float(value)
-        if kind == "int" and not isinstance(value, bool):
-            if float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
-        if kind == "bool" and not isinstance(value, bool):
-            raise ValueError
-        if kind == "str":
-            return str(value)
-        if kind == "int | None":
-            return None if value is None else int(value)
-        if kind == "list[str]" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise CrossdermError(f"{where}: {key}={value!r} is not a valid {kind}") from None
-    return value
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise CrossdermError(f"{where}: invalid setting {validation_message(exc)}") from None
 
 
 def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -157,4 +155,4 @@ def with_pretrained_paths(config: ExperimentConfig, specs: list[str]) -> Experim
             plain.append(path)
     if plain and (named or len(plain) > 1):
         raise CrossdermError("give one --pretrained-path FILE, or BACKBONE=FILE for every backbone")
-    return dataclasses.replace(config, pretrained=True, pretrained_path=plain[0] if plain else named)
+    return config.model_copy(update={"pretrained": True, "pretrained_path": plain[0] if plain else named})

@@ -13,12 +13,12 @@ import copy
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 
+from crossderm.models.preprocess import Normalise, to_unit_float
 from crossderm.train.augment import AugmentConfig, augment_batch
 
 T = TypeVar("T")
@@ -58,19 +58,6 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
                 buffer.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.01)
-
-
-@dataclass
-class Normalise:
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    channels_last: bool = True
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        images = (images - mean) / std
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
 
 class CacheBatches:
@@ -152,7 +139,7 @@ class CacheBatches:
         else:
             source = prefetch(self._host_batches(order), self.prefetch_depth)
         for pixels, labels in source:
-            images = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+            images = to_unit_float(pixels, self.device)
             if augment is not None:
                 images = augment_batch(images, augment, generator)
             yield self.normalise(images), labels.to(self.device, non_blocking=True)

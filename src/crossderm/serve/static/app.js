@@ -47,7 +47,7 @@ function showProvenance(info) {
   const body = $("metrics").tBodies[0];
   body.replaceChildren();
   const sources = Object.entries(info.metrics ?? {});
-  if (info.gap) sources.push(["gap (ham - isic)", { n: "", ...info.gap }]);
+  for (const [pair, gap] of Object.entries(info.gaps ?? {})) sources.push([`gap (${pair})`, { n: "", ...gap }]);
   if (!sources.length) {
     const cell = element("td", "metrics.json not found in the run folder (folds not pooled yet)");
     cell.colSpan = 5;

@@ -10,6 +10,8 @@ import argparse
 import time
 from pathlib import Path
 
+from crossderm.cli.options import add_bootstrap_options, check_bootstrap_options
+
 EXPERIMENTS = ("demo_a_ham_only", "demo_b_joint")
 EPILOG = """examples:
   crossderm demo                       # everything under ./demo
@@ -32,31 +34,34 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     parser.add_argument("--isic-lesions", type=int, default=None, help="synthetic ISIC-only lesions (default: synth's)")
     parser.add_argument("--image-size", type=int, default=48, help="cached image side (px)")
     parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    add_bootstrap_options(parser, seed=False, reference=False)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from crossderm.datafolder import AUDIT_MD, MANIFEST
     from crossderm.prepare.pipeline import PrepareConfig, prepare
-    from crossderm.prepare.synth import generate
-    from crossderm.report.report import write_report
+    from crossderm.prepare.sources import HAM_FOLDER, ISIC_FOLDER, ISIC_GROUND_TRUTH
+    from crossderm.report.build import write_report
+    from crossderm.synth.generator import generate
     from crossderm.train.config import load_config
     from crossderm.train.cv import run_cv
 
+    check_bootstrap_options(args)
     started = time.perf_counter()
     raw, prepared, runs = args.out / "data" / "raw", args.out / "data" / "prepared", args.out / "runs"
-    if not (raw / "ISIC2019" / "ISIC_2019_Training_GroundTruth.csv").is_file():
+    if not (raw / ISIC_FOLDER / ISIC_GROUND_TRUTH).is_file():
         sizes = {k: v for k, v in (("ham_lesions", args.ham_lesions), ("isic_lesions", args.isic_lesions)) if v}
         generate(raw, seed=0, overwrite=True, **sizes)
     _step("synthetic data", raw, started)
-    if not (prepared / "manifest.csv").is_file():
+    if not (prepared / MANIFEST).is_file():
         prepare(
             PrepareConfig(
-                out=prepared, ham=raw / "HAM10000", isic=raw / "ISIC2019", image_size=args.image_size, overwrite=True
+                out=prepared, ham=raw / HAM_FOLDER, isic=raw / ISIC_FOLDER, image_size=args.image_size, overwrite=True
             )
         )
-    print((prepared / "audit.md").read_text())
+    print((prepared / AUDIT_MD).read_text())
     _step("prepared", prepared, started)
     run_dirs = []
     for name in EXPERIMENTS:

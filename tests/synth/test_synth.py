@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,8 @@ from PIL import Image
 from crossderm.cli import main
 from crossderm.errors import CrossdermError
 from crossderm.labels import CLASSES, ISIC2019_COLUMNS
-from crossderm.prepare import synth, synth_cli
+from crossderm.synth import DEFAULT_HAM_LESIONS, DEFAULT_ISIC_LESIONS, paint, plan
+from crossderm.synth.generator import generate
 
 HAM_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
 META_COLUMNS = ["image", "age_approx", "anatom_site_general", "lesion_id", "sex"]
@@ -28,10 +28,15 @@ def _tree_hashes(root: Path) -> dict[str, str]:
     }
 
 
+def _synth_cli(argv: list[str]) -> int:
+    """``crossderm synth ARGV`` in-process, through the CLI's own ``main``."""
+    return main(["synth", *argv])
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("synth") / "raw"
-    summary = synth.generate(out, ham_lesions=60, isic_lesions=60, seed=0, image_scale=0.5)
+    summary = generate(out, ham_lesions=60, isic_lesions=60, seed=0, image_scale=0.5)
     return out, summary
 
 
@@ -127,40 +132,50 @@ def test_image_sizes_follow_the_sites(small: tuple[Path, dict]) -> None:
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     kwargs = {"ham_lesions": 14, "isic_lesions": 20, "image_scale": 0.5}
-    synth.generate(tmp_path / "a", seed=5, **kwargs)
-    synth.generate(tmp_path / "b", seed=5, **kwargs)
-    synth.generate(tmp_path / "c", seed=6, **kwargs)
+    generate(tmp_path / "a", seed=5, **kwargs)
+    generate(tmp_path / "b", seed=5, **kwargs)
+    generate(tmp_path / "c", seed=6, **kwargs)
     a, b, c = (_tree_hashes(tmp_path / name) for name in "abc")
     assert a == b
     assert a != c
 
 
 def test_class_floor_and_invalid_sizes(tmp_path: Path) -> None:
-    counts = synth._class_counts(synth._PRIORS["ham"], 740, 6)
+    counts = plan.class_counts(plan.PRIORS["ham"], 740, 6)
     assert sum(counts.values()) == 740 and min(counts.values()) >= 6 and counts["nv"] > 450
-    assert min(synth._class_counts(synth._PRIORS["msk"], 20, 6).values()) == 2
+    assert min(plan.class_counts(plan.PRIORS["msk"], 20, 6).values()) == 2
     with pytest.raises(CrossdermError):
-        synth.generate(tmp_path / "x", ham_lesions=3)
+        generate(tmp_path / "x", ham_lesions=3)
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_defaults_mirror_generate() -> None:
-    defaults = {k: p.default for k, p in inspect.signature(synth.generate).parameters.items()}
-    assert defaults["ham_lesions"] == synth_cli.HAM_LESIONS
-    assert defaults["isic_lesions"] == synth_cli.ISIC_LESIONS
-    assert defaults["min_per_class"] == synth_cli.MIN_PER_CLASS
+def test_every_planned_style_has_a_camera() -> None:
+    """plan names each lesion's camera (HAM10000 sub-source or site), paint must know how it photographs."""
+    assert set(paint.STYLES) == {*plan.HAM_DATASETS, "bcn", "msk"}
+
+
+def test_cli_without_size_options_writes_the_default_lesions(tmp_path: Path) -> None:
+    """Counted from the files (tiny images keep it cheap): a lesion with a blank id is one MSK image."""
+    out = tmp_path / "raw"
+    assert _synth_cli(["--out", str(out), "--image-scale", "0.25"]) == 0
+    ham, _, meta = _read((out, {}))
+    assert ham.lesion_id.nunique() == DEFAULT_HAM_LESIONS
+    other = meta[~meta.image.isin(ham.image_id)]
+    assert other.lesion_id[other.lesion_id != ""].nunique() + (other.lesion_id == "").sum() == DEFAULT_ISIC_LESIONS
+    assert 900 < len(ham) < 1100 and 900 < len(other) < 1100  # "~1,000 + ~1,000 images", as the help says
 
 
 def test_cli_writes_and_refuses_to_clobber(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "raw"
-    args = ["synth", "--out", str(out), "--ham-lesions", "14", "--isic-lesions", "14", "--image-scale", "0.5"]
-    assert main(args) == 0
+    args = ["--out", str(out), "--ham-lesions", "14", "--isic-lesions", "14", "--image-scale", "0.5"]
+    assert _synth_cli(args) == 0
     assert "HAM10000" in capsys.readouterr().out
     before = _tree_hashes(out)
-    assert main([*args, "--seed", "1"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert _synth_cli([*args, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists and is not empty (pass --overwrite to replace it)" in err
     assert _tree_hashes(out) == before
-    assert main([*args, "--seed", "1", "--overwrite"]) == 0
+    assert _synth_cli([*args, "--seed", "1", "--overwrite"]) == 0
     assert _tree_hashes(out) != before
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]
 
@@ -181,7 +196,7 @@ def test_classes_are_learnable_and_sites_shift(tmp_path: Path) -> None:
     from sklearn.model_selection import GroupKFold
 
     out = tmp_path / "raw"
-    synth.generate(out, ham_lesions=200, isic_lesions=200, seed=3, image_scale=0.5)
+    generate(out, ham_lesions=200, isic_lesions=200, seed=3, image_scale=0.5)
     gt = pd.read_csv(out / "ISIC2019" / "ISIC_2019_Training_GroundTruth.csv")
     meta = pd.read_csv(out / "ISIC2019" / "ISIC_2019_Training_Metadata.csv", dtype=str, keep_default_na=False)
     y = gt[list(ISIC2019_COLUMNS)].to_numpy().argmax(axis=1)

@@ -1,9 +1,12 @@
-"""``crossderm cv`` and ``crossderm pool`` command lines."""
+"""``crossderm cv``: train and evaluate a cross-validated experiment from a YAML preset."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from crossderm.cli.options import add_bootstrap_options, check_bootstrap_options
+from crossderm.defaults import TTA_VIEW_CHOICES
 
 CV_EPILOG = """examples:
   crossderm cv --config demo_b_joint --data demo/data/prepared --out runs/b
@@ -48,30 +51,19 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
         metavar="[BACKBONE=]FILE",
         help="local safetensors weights (implies pretrained); BACKBONE=FILE per backbone of a fusion model",
     )
-    parser.add_argument("--tta", type=int, choices=(1, 2, 3, 4), help="test-time views (4 = id, h-flip, v-flip, both)")
+    parser.add_argument("--tta", type=int, choices=TTA_VIEW_CHOICES,
+                        help="test-time views (4 = id, h-flip, v-flip, both)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the pooled metrics")
+    add_bootstrap_options(parser, seed=False)
     parser.add_argument("--list-presets", action="store_true", help="list the bundled presets and exit")
-    parser.set_defaults(handler=run_cv_command)
-
-    pool = subparsers.add_parser(
-        "pool",
-        help="join the folds of a run into oof_predictions.csv and evaluate it",
-        description="Pool every fold's test predictions of RUN_DIR and write metrics.json "
-        "(for folds run as separate jobs).",
-        epilog="example:\n  crossderm pool runs/paper_b",
-        formatter_class=formatter_class,
-    )
-    pool.add_argument("run_dir", type=Path)
-    pool.add_argument("--bootstrap", type=int, default=2000)
-    pool.add_argument("--seed", type=int, default=0)
-    pool.set_defaults(handler=run_pool_command)
+    parser.set_defaults(handler=run)
 
 
-def run_cv_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from crossderm.errors import CrossdermError
+    from crossderm.runtime import init_distributed
     from crossderm.train.config import load_config, preset_names, with_pretrained_paths
-    from crossderm.train.cv import init_distributed, run_cv
+    from crossderm.train.cv import run_cv
 
     if args.list_presets:
         print("\n".join(preset_names()))
@@ -79,20 +71,14 @@ def run_cv_command(args: argparse.Namespace) -> int:
     missing = [f"--{name}" for name in ("config", "data", "out") if getattr(args, name) is None]
     if missing:
         raise CrossdermError(f"missing {', '.join(missing)}")
+    check_bootstrap_options(args)
     overrides = list(args.overrides) + ([f"tta={args.tta}"] if args.tta else [])
     config = load_config(args.config, overrides)
     if args.pretrained_path:
         config = with_pretrained_paths(config, args.pretrained_path)
     init_distributed()
-    metrics = run_cv(config, args.data, args.out, args.fold, args.resume, args.device, args.bootstrap)
+    metrics = run_cv(config, args.data, args.out, args.fold, args.resume, args.device, args.bootstrap,
+                     args.reference_source)
     if metrics is not None:
         print(f"wrote {args.out}/oof_predictions.csv and metrics.json")
-    return 0
-
-
-def run_pool_command(args: argparse.Namespace) -> int:
-    from crossderm.train.cv import pool
-
-    pool(args.run_dir, n_bootstrap=args.bootstrap, seed=args.seed)
-    print(f"wrote {args.run_dir}/oof_predictions.csv and metrics.json")
     return 0

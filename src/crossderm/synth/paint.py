@@ -1,11 +1,9 @@
-"""Deterministic synthetic dermoscopy data in the exact official HAM10000 / ISIC 2019 download layouts.
+"""Image painting: a lesion drawn once on its own canvas, then photographed by each site's camera.
 
-Why: the real images cannot ship with the package or its tests, yet every stage needs inputs with the
-official quirks (file names, CRLF vs LF, ``_downsampled`` ids, blank lesion ids, HAM10000 contained in
-ISIC 2019 under the same ids, bytes and lesion ids, several views per lesion) plus a class signal that is
-learnable but not trivial and a genuine acquisition-site shift, so that cross-dataset experiments behave
-qualitatively like the real ones. Every random draw comes from a numpy generator keyed by
-``(seed, site, lesion, view)``, so one seed and one set of sizes always give byte-identical files.
+Why two steps: all views of one lesion must show the same lesion (the class signal) while each view and each
+site differ in pose, optics, colour and noise (the site shift a cross-dataset model must survive). Each
+class painter draws the dermoscopic features that tell the class apart in real images, with per-lesion
+variation so no class is a single colour; the same (seeded) generator always paints the same pixels.
 """
 
 from __future__ import annotations
@@ -14,78 +12,17 @@ import cmath
 import io
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
-from crossderm.errors import CrossdermError
-from crossderm.fsutil import atomic_directory
-from crossderm.labels import CLASSES, ISIC2019_COLUMNS
-
-DEFAULT_HAM_LESIONS = 740
-DEFAULT_ISIC_LESIONS = 610
 JPEG_QUALITY = 90
-
-HAM_DIR = "HAM10000"
-HAM_METADATA = "HAM10000_metadata.csv"
-HAM_PARTS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
-ISIC_DIR = "ISIC2019"
-ISIC_GT = "ISIC_2019_Training_GroundTruth.csv"
-ISIC_METADATA = "ISIC_2019_Training_Metadata.csv"
-ISIC_INPUT = "ISIC_2019_Training_Input"
-
-# Image-id ranges of the real release: MSK/archive below HAM10000, HAM10000 from 24306, BCN20000 above.
-_MSK_FIRST_ID, _HAM_FIRST_ID, _BCN_FIRST_ID = 0, 24306, 53000
-_HAM_ID_SPAN, _HAM_LESION_SPAN = 10015, 7629
-
-# Class priors: HAM10000 as released; the ISIC-only sites like ISIC 2019 minus HAM10000 (BCN-heavy).
-_PRIORS: dict[str, dict[str, float]] = {
-    "ham": {"nv": 0.67, "mel": 0.111, "bkl": 0.11, "bcc": 0.051, "akiec": 0.033, "vasc": 0.014, "df": 0.011},
-    "bcn": {"mel": 0.24, "nv": 0.33, "bcc": 0.22, "bkl": 0.10, "akiec": 0.095, "df": 0.008, "vasc": 0.007},
-    "msk": {"mel": 0.18, "nv": 0.57, "bcc": 0.09, "bkl": 0.10, "akiec": 0.04, "df": 0.01, "vasc": 0.01},
-}
-# Share of akiec lesions labelled AK (rest SCC) in ISIC 2019: 130/327 for HAM10000, 737/1168 elsewhere.
-_AK_SHARE = {"ham": 0.4, "bcn": 0.63, "msk": 0.63}
-_HAM_TO_ISIC = {"mel": "MEL", "nv": "NV", "bcc": "BCC", "bkl": "BKL", "df": "DF", "vasc": "VASC"}
-# Probability of 1, 2, 3, ... views of one lesion (HAM10000: 1.34 images per lesion on average).
-_VIEWS = {"ham": (0.74, 0.19, 0.065, 0.005), "bcn": (0.35, 0.4, 0.25), "msk": (0.95, 0.05)}
-_BCN_LESION_SHARE = 0.7
-_MSK_DOWNSAMPLED, _MSK_BLANK_LESION = 0.5, 0.6
-
-# HAM10000 sub-sources and their real images per class (vidir_molemax, vidir_modern, rosendahl, vienna_dias).
-_HAM_DATASETS = ("vidir_molemax", "vidir_modern", "rosendahl", "vienna_dias")
-_HAM_DATASET_COUNTS = {
-    "akiec": (0, 32, 295, 0), "bcc": (2, 211, 296, 5), "bkl": (124, 475, 490, 10), "df": (30, 51, 30, 4),
-    "mel": (24, 680, 342, 67), "nv": (3720, 1832, 803, 350), "vasc": (54, 82, 3, 3),
-}
-_HAM_ROW_ORDER = ("bkl", "df", "mel", "vasc", "bcc", "nv", "akiec")
-_DX_TYPES = {
-    "akiec": {"histo": 1.0}, "bcc": {"histo": 1.0}, "mel": {"histo": 1.0},
-    "bkl": {"histo": 0.7, "consensus": 0.24, "confocal": 0.06}, "df": {"histo": 0.48, "consensus": 0.52},
-    "nv": {"follow_up": 0.55, "histo": 0.37, "consensus": 0.08}, "vasc": {"histo": 0.47, "consensus": 0.53},
-}
-_MEAN_AGE = {"akiec": 67, "bcc": 66, "bkl": 64, "df": 52, "mel": 61, "nv": 47, "vasc": 52}
-# HAM10000 localization -> ISIC 2019 anatom_site_general (blank where ISIC has none), with real frequencies.
-_LOCALIZATIONS = {
-    "back": ("posterior torso", 2192), "lower extremity": ("lower extremity", 2077), "trunk": ("", 1404),
-    "upper extremity": ("upper extremity", 1118), "abdomen": ("anterior torso", 1022), "face": ("head/neck", 745),
-    "chest": ("anterior torso", 407), "foot": ("lower extremity", 319), "unknown": ("", 234),
-    "neck": ("head/neck", 168), "scalp": ("head/neck", 128), "hand": ("upper extremity", 90),
-    "ear": ("head/neck", 56), "genital": ("", 48), "acral": ("palms/soles", 7),
-}
-_ISIC_SITES = {
-    "anterior torso": 6915, "lower extremity": 4990, "head/neck": 4587, "upper extremity": 2910,
-    "posterior torso": 2787, "": 2631, "palms/soles": 398, "oral/genital": 59, "lateral torso": 54,
-}
 
 
 @dataclass(frozen=True)
-class _Style:
+class Style:
     """How one acquisition site photographs a lesion (applied in output-pixel space)."""
 
     size: tuple[int, int]
@@ -98,242 +35,25 @@ class _Style:
     vignette: tuple[float, float] | None = None  # dermoscope circle radius range, in half shorter sides
 
 
+# One style per planned ``Lesion.style``: the four HAM10000 sub-sources (same size, slightly different
+# colour and optics) and the two ISIC-only sites (own sizes, stronger casts, BCN's dermoscope circle).
 _HAM_SIZE = (160, 120)
-_STYLES = {
-    "vidir_molemax": _Style(_HAM_SIZE, (0.95, 1.2), cast=(1.0, 0.99, 0.98), brightness=1.03),
-    "vidir_modern": _Style(_HAM_SIZE, (0.95, 1.2)),
-    "rosendahl": _Style(_HAM_SIZE, (0.95, 1.2), cast=(1.03, 0.98, 0.97), contrast=1.06),
-    "vienna_dias": _Style(_HAM_SIZE, (0.95, 1.2), cast=(0.98, 0.99, 1.02), brightness=0.97, blur=0.7, noise=0.015),
-    "bcn": _Style((192, 192), (1.1, 1.4), cast=(0.94, 0.98, 1.06), brightness=0.97, contrast=0.95, blur=1.0,
-                  vignette=(0.95, 1.5)),
-    "msk": _Style((224, 168), (0.95, 1.1), cast=(1.12, 1.01, 0.8), brightness=1.06, contrast=1.08, noise=0.035),
+STYLES = {
+    "vidir_molemax": Style(_HAM_SIZE, (0.95, 1.2), cast=(1.0, 0.99, 0.98), brightness=1.03),
+    "vidir_modern": Style(_HAM_SIZE, (0.95, 1.2)),
+    "rosendahl": Style(_HAM_SIZE, (0.95, 1.2), cast=(1.03, 0.98, 0.97), contrast=1.06),
+    "vienna_dias": Style(_HAM_SIZE, (0.95, 1.2), cast=(0.98, 0.99, 1.02), brightness=0.97, blur=0.7, noise=0.015),
+    "bcn": Style((192, 192), (1.1, 1.4), cast=(0.94, 0.98, 1.06), brightness=0.97, contrast=0.95, blur=1.0,
+                 vignette=(0.95, 1.5)),
+    "msk": Style((224, 168), (0.95, 1.1), cast=(1.12, 1.01, 0.8), brightness=1.06, contrast=1.08, noise=0.035),
 }
-_SITE_CODES = {"ham": 1, "bcn": 2, "msk": 3}
 
 # Lesion frame: the canvas spans [-_EXTENT, _EXTENT] units; a view spans 2/zoom units across its width.
 _EXTENT = 1.6
-_CANVAS = 256
+_CANVAS = 256  # canvas pixels at image scale 1
 _MAX_SHIFT = 0.15
 
 
-@dataclass
-class _Lesion:
-    """One planned lesion: its label, site style, ids and patient fields (shared by all its views)."""
-
-    dx: str
-    label: str
-    style: str
-    n_views: int
-    lesion_id: str = ""
-    downsampled: bool = False
-    image_ids: list[str] = field(default_factory=list)
-    meta: dict[str, str] = field(default_factory=dict)
-
-
-def generate(
-    out_dir: str | Path,
-    *,
-    ham_lesions: int = DEFAULT_HAM_LESIONS,
-    isic_lesions: int = DEFAULT_ISIC_LESIONS,
-    seed: int = 0,
-    min_per_class: int = 6,
-    image_scale: float = 1.0,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Write the synthetic HAM10000/ and ISIC2019/ folders under ``out_dir`` atomically; return counts.
-
-    ``ham_lesions`` HAM10000 lesions (about 1.35 images each) are also ISIC 2019 rows; ``isic_lesions``
-    ISIC-only lesions are split 70/30 between a BCN-like and an MSK-like site. Every class gets at least
-    ``min_per_class`` lesions per site (fewer only when a site is too small). ``image_scale`` scales all
-    image sizes.
-    """
-    if ham_lesions < len(CLASSES) or isic_lesions < 2 * len(CLASSES):
-        raise CrossdermError(f"need at least {len(CLASSES)} HAM and {2 * len(CLASSES)} ISIC-only lesions")
-    if not 0.25 <= image_scale <= 4:
-        raise CrossdermError(f"image scale {image_scale} is outside 0.25..4")
-    if seed < 0:
-        raise CrossdermError(f"seed must be >= 0, got {seed}")
-    n_msk = max(len(CLASSES), round((1 - _BCN_LESION_SHARE) * isic_lesions))
-    sizes = {"ham": ham_lesions, "bcn": isic_lesions - n_msk, "msk": n_msk}
-    lesions = {site: _plan_site(site, n, seed, min_per_class) for site, n in sizes.items()}
-    with atomic_directory(out_dir, overwrite=overwrite) as staging:
-        _write_images(staging, lesions, seed, image_scale)
-        _write_tables(staging, lesions)
-    return _summary(Path(out_dir), seed, lesions)
-
-
-# ----------------------------------------------------------------------------------------------- planning
-def _class_counts(prior: dict[str, float], n: int, minimum: int) -> dict[str, int]:
-    """Largest-remainder allocation of ``n`` lesions, with every class raised to a floor."""
-    floor = min(minimum, n // len(CLASSES))
-    total = sum(prior.values())
-    raw = {c: prior[c] * n / total for c in CLASSES}
-    counts = {c: max(floor, int(raw[c])) for c in CLASSES}
-    while sum(counts.values()) < n:
-        counts[max(CLASSES, key=lambda c: raw[c] - counts[c])] += 1
-    while sum(counts.values()) > n:
-        counts[max((c for c in CLASSES if counts[c] > floor), key=lambda c: counts[c] - raw[c])] -= 1
-    return counts
-
-
-def _choice(rng: np.random.Generator, weights: dict[str, float]) -> str:
-    """One key drawn with probability proportional to its weight (real-data frequencies)."""
-    keys = list(weights)
-    p = np.array([weights[k] for k in keys], dtype=float)
-    return keys[int(rng.choice(len(keys), p=p / p.sum()))]
-
-
-def _distinct(rng: np.random.Generator, first: int, span: int, n: int, limit: int) -> list[int]:
-    """``n`` distinct random integers from ``first`` on, in random order, never reaching ``limit``."""
-    span = min(max(span, 2 * n), limit - first)
-    if n > span:
-        raise CrossdermError(f"too many images/lesions for the id range {first}..{limit - 1}; use fewer lesions")
-    return [first + int(i) for i in rng.choice(span, size=n, replace=False)]
-
-
-def _plan_site(site: str, n: int, seed: int, min_per_class: int) -> list[_Lesion]:
-    """Labels, views, ids and metadata of one site's lesions, decided before any pixel is drawn."""
-    rng = np.random.default_rng([seed, _SITE_CODES[site], 0])
-    counts = _class_counts(_PRIORS[site], n, min_per_class)
-    dxs = [dx for dx in CLASSES for _ in range(counts[dx])]
-    dxs = [dxs[i] for i in rng.permutation(len(dxs))]
-    views = _VIEWS[site]
-    lesions = []
-    for dx in dxs:
-        label = _HAM_TO_ISIC.get(dx) or ("AK" if rng.random() < _AK_SHARE[site] else "SCC")
-        style = site
-        if site == "ham":
-            style = _choice(rng, dict(zip(_HAM_DATASETS, _HAM_DATASET_COUNTS[dx], strict=True)))
-        n_views = 1 + int(rng.choice(len(views), p=np.array(views) / sum(views)))
-        lesions.append(_Lesion(dx, label, style, n_views))
-    n_images = sum(lesion.n_views for lesion in lesions)
-    if site == "ham":
-        ids = _distinct(rng, _HAM_FIRST_ID, _HAM_ID_SPAN, n_images, _BCN_FIRST_ID)
-        lesion_numbers = _distinct(rng, 0, _HAM_LESION_SPAN, n, 10**7)
-        prefix = "HAM_"
-    elif site == "bcn":
-        ids = _distinct(rng, _BCN_FIRST_ID, 20000, n_images, 10**7)
-        lesion_numbers = _distinct(rng, 1, 5000, n, 10**7)
-        prefix = "BCN_"
-    else:
-        ids = _distinct(rng, _MSK_FIRST_ID, 16073, n_images, _HAM_FIRST_ID)
-        lesion_numbers = _distinct(rng, 11000, 1000, n, 10**7)
-        prefix = "MSK4_"
-    for lesion, number in zip(lesions, lesion_numbers, strict=True):
-        lesion.lesion_id = f"{prefix}{number:07d}"
-        if site == "msk":
-            lesion.downsampled = bool(rng.random() < _MSK_DOWNSAMPLED)
-            if lesion.n_views == 1 and rng.random() < _MSK_BLANK_LESION:
-                lesion.lesion_id = ""
-        suffix = "_downsampled" if lesion.downsampled else ""
-        lesion.image_ids = [f"ISIC_{ids.pop():07d}{suffix}" for _ in range(lesion.n_views)]
-        lesion.meta = _metadata(rng, site, lesion.dx)
-    return lesions
-
-
-def _metadata(rng: np.random.Generator, site: str, dx: str) -> dict[str, str]:
-    """Lesion-level patient fields, shared by all views as in the real files."""
-    age = int(np.clip(round((_MEAN_AGE[dx] + 15 * rng.standard_normal()) / 5) * 5, 0, 85))
-    age_missing = rng.random() < (0.006 if site == "ham" else 0.02)
-    sex = _choice(rng, {"male": 0.54, "female": 0.454, "unknown": 0.006 if site == "ham" else 0.015})
-    if site == "ham":
-        localization = _choice(rng, {k: v[1] for k, v in _LOCALIZATIONS.items()})
-        return {
-            "dx_type": _choice(rng, _DX_TYPES[dx]),
-            "age": "" if age_missing else f"{age}.0",
-            "age_approx": "" if age_missing else str(age),
-            "sex": sex,
-            "isic_sex": "" if sex == "unknown" else sex,
-            "localization": localization,
-            "anatom_site_general": _LOCALIZATIONS[localization][0],
-        }
-    return {
-        "age_approx": "" if age_missing else str(age),
-        "isic_sex": "" if sex == "unknown" else sex,
-        "anatom_site_general": _choice(rng, {k: float(v) for k, v in _ISIC_SITES.items()}),
-    }
-
-
-# ------------------------------------------------------------------------------------------------ writing
-def _write_images(root: Path, lesions: dict[str, list[_Lesion]], seed: int, scale: float) -> None:
-    isic_dir = root / ISIC_DIR / ISIC_INPUT
-    ham_ids = sorted(i for lesion in lesions["ham"] for i in lesion.image_ids)
-    part_of = {image_id: HAM_PARTS[k * 2 >= len(ham_ids)] for k, image_id in enumerate(ham_ids)}
-    for directory in [isic_dir, *(root / HAM_DIR / part for part in HAM_PARTS)]:
-        directory.mkdir(parents=True)
-    canvas_size = round(_CANVAS * scale)
-    total = sum(len(site_lesions) for site_lesions in lesions.values())
-    progress = tqdm(total=total, desc="synthetic lesions", unit="lesion", disable=None)
-    for site, site_lesions in lesions.items():
-        for index, lesion in enumerate(site_lesions):
-            progress.update(1)
-            canvas = _render_lesion(lesion.dx, np.random.default_rng([seed, _SITE_CODES[site], 1, index]),
-                                    canvas_size)
-            for view, image_id in enumerate(lesion.image_ids):
-                rng = np.random.default_rng([seed, _SITE_CODES[site], 2, index, view])
-                data = _photograph(canvas, _STYLES[lesion.style], rng, scale, lesion.downsampled)
-                (isic_dir / f"{image_id}.jpg").write_bytes(data)
-                if site == "ham":
-                    (root / HAM_DIR / part_of[image_id] / f"{image_id}.jpg").write_bytes(data)
-    progress.close()
-
-
-def _write_tables(root: Path, lesions: dict[str, list[_Lesion]]) -> None:
-    ham_rows = ["lesion_id,image_id,dx,dx_type,age,sex,localization,dataset"]
-    for dx in _HAM_ROW_ORDER:
-        for lesion in (lesion for lesion in lesions["ham"] if lesion.dx == dx):
-            m = lesion.meta
-            ham_rows += [
-                f"{lesion.lesion_id},{i},{dx},{m['dx_type']},{m['age']},{m['sex']},{m['localization']},{lesion.style}"
-                for i in lesion.image_ids
-            ]
-    (root / HAM_DIR / HAM_METADATA).write_text("\n".join(ham_rows) + "\n", newline="")
-    gt, meta = {}, {}
-    for lesion in (lesion for site in lesions.values() for lesion in site):
-        onehot = ",".join("1.0" if column == lesion.label else "0.0" for column in ISIC2019_COLUMNS)
-        m = lesion.meta
-        for image_id in lesion.image_ids:
-            gt[image_id] = f"{image_id},{onehot}"
-            meta[image_id] = (
-                f"{image_id},{m['age_approx']},{m['anatom_site_general']},{lesion.lesion_id},{m['isic_sex']}"
-            )
-    ids = sorted(gt)
-    gt_rows = ["image," + ",".join(ISIC2019_COLUMNS), *(gt[i] for i in ids)]
-    meta_rows = ["image,age_approx,anatom_site_general,lesion_id,sex", *(meta[i] for i in ids)]
-    (root / ISIC_DIR / ISIC_GT).write_text("\r\n".join(gt_rows) + "\r\n", newline="")
-    (root / ISIC_DIR / ISIC_METADATA).write_text("\r\n".join(meta_rows) + "\r\n", newline="")
-
-
-def _summary(out: Path, seed: int, lesions: dict[str, list[_Lesion]]) -> dict[str, Any]:
-    def site_summary(site_lesions: list[_Lesion]) -> dict[str, Any]:
-        return {
-            "lesions": len(site_lesions),
-            "images": sum(lesion.n_views for lesion in site_lesions),
-            "classes": {
-                dx: {
-                    "lesions": sum(lesion.dx == dx for lesion in site_lesions),
-                    "images": sum(lesion.n_views for lesion in site_lesions if lesion.dx == dx),
-                }
-                for dx in CLASSES
-            },
-        }
-
-    ham, msk = lesions["ham"], lesions["msk"]
-    sites = {site: site_summary(site_lesions) for site, site_lesions in lesions.items()}
-    sites["ham"]["datasets"] = {d: sum(x.n_views for x in ham if x.style == d) for d in _HAM_DATASETS}
-    sites["msk"]["downsampled_images"] = sum(x.n_views for x in msk if x.downsampled)
-    sites["msk"]["blank_lesion_id_images"] = sum(x.n_views for x in msk if not x.lesion_id)
-    return {
-        "out": str(out),
-        "seed": seed,
-        "ham_images": sites["ham"]["images"],
-        "isic_images": sum(s["images"] for s in sites.values()),
-        "isic_rows_from_ham": sites["ham"]["images"],
-        "sites": sites,
-    }
-
-
-# ---------------------------------------------------------------------------------------------- rendering
 _RGB = tuple[float, float, float]
 _SKIN_LIGHT, _SKIN_DARK = (0.94, 0.79, 0.71), (0.70, 0.50, 0.38)
 _TAN, _LIGHT_BROWN, _BROWN = (0.74, 0.56, 0.38), (0.62, 0.42, 0.28), (0.45, 0.28, 0.17)
@@ -609,9 +329,9 @@ _PAINTERS: dict[str, Callable[[_Canvas], None]] = {
 }
 
 
-def _render_lesion(dx: str, rng: np.random.Generator, size: int) -> Image.Image:
+def render_lesion(dx: str, rng: np.random.Generator, scale: float) -> Image.Image:
     """The lesion's own appearance (skin, lesion, hairs) on a square canvas in the lesion frame."""
-    c = _Canvas(rng, size)
+    c = _Canvas(rng, round(_CANVAS * scale))
     _PAINTERS[dx](c)
     if rng.random() < 0.3:
         c.hairs()
@@ -628,7 +348,7 @@ def _view_grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return xx, yy, np.hypot(xx, yy)
 
 
-def _photograph(canvas: Image.Image, style: _Style, rng: np.random.Generator, scale: float,
+def photograph(canvas: Image.Image, style: Style, rng: np.random.Generator, scale: float,
                 downsampled: bool) -> bytes:
     """One view: rotate/shift/zoom the canvas, then the site's optics, lighting and sensor; JPEG bytes."""
     width, height = round(style.size[0] * scale), round(style.size[1] * scale)

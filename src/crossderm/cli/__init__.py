@@ -1,6 +1,7 @@
 """The ``crossderm`` command: one subcommand per pipeline stage.
 
-Each stage module exposes ``register(subparsers)``; handlers import their heavy dependencies lazily so
+Each command is one module ``crossderm/cli/<command>.py`` exposing ``register(subparsers, formatter_class)`` and
+``run(args)``; they parse arguments and call the stage packages, importing the heavy ones lazily so
 ``crossderm --help`` stays instant. User errors (:class:`CrossdermError`) print as one line and exit 2.
 """
 
@@ -13,16 +14,8 @@ import sys
 from crossderm import __version__
 from crossderm.errors import CrossdermError
 
-COMMAND_MODULES = (
-    "crossderm.prepare.synth_cli",
-    "crossderm.prepare.cli",
-    "crossderm.train.cli",
-    "crossderm.predict.cli",
-    "crossderm.evaluate.cli",
-    "crossderm.report.cli",
-    "crossderm.serve.cli",
-    "crossderm.demo",
-)
+# One module per command, in pipeline order (the order of `crossderm --help`): crossderm/cli/<command>.py.
+COMMANDS = ("synth", "prepare", "cv", "pool", "predict", "export", "evaluate", "report", "serve", "explain", "demo")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -37,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"crossderm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers, _Formatter)
+    for name in COMMANDS:
+        importlib.import_module(f"crossderm.cli.{name}").register(subparsers, _Formatter)
     return parser
 
 

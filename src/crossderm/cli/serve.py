@@ -1,4 +1,4 @@
-"""``crossderm serve`` (local web page + JSON API) and ``crossderm explain`` (Grad-CAM overlays as PNG files).
+"""``crossderm serve``: a local web page + JSON API to try a trained run on one image, with Grad-CAM.
 
 torch, FastAPI and uvicorn are imported inside the handlers so ``crossderm --help`` stays instant.
 """
@@ -10,8 +10,8 @@ import ipaddress
 import socket
 from pathlib import Path
 
+from crossderm.defaults import SERVE_MAX_PIXELS
 from crossderm.errors import CrossdermError
-from crossderm.labels import CLASSES
 
 SERVE_EPILOG = """examples:
   crossderm serve --model runs/b_joint
@@ -27,15 +27,6 @@ Bad uploads get a 4xx JSON {"error": "..."}: 413 too large / too many pixels, 41
 422 undecodable or truncated, 503 queue full, 504 timeout. Research use only, not a diagnosis.
 """
 
-EXPLAIN_EPILOG = """examples:
-  crossderm explain --model runs/b_joint ISIC_0024306.jpg --out cams
-  crossderm explain --model runs/b_joint images/*.jpg --out cams --class mel
-
-Writes OUT/<image_id>_gradcam.png (image_id = file name without extension) and prints each image's
-predicted class. The heatmap is the mean Grad-CAM of the fold models for the predicted class (or --class).
-"""
-
-
 def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> None:
     serve = subparsers.add_parser(
         "serve",
@@ -49,25 +40,11 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: this computer only)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB")
-    serve.add_argument("--max-pixels", type=int, default=50_000_000, help="largest accepted width x height")
+    serve.add_argument("--max-pixels", type=int, default=SERVE_MAX_PIXELS, help="largest accepted width x height")
     serve.add_argument("--timeout-s", type=float, default=30.0, help="per-request limit, queueing included")
     serve.add_argument("--device", default="cpu", help="torch device for the models (cpu, cuda, cuda:1, ...)")
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
-    serve.set_defaults(handler=run_serve)
-
-    explain = subparsers.add_parser(
-        "explain",
-        help="Grad-CAM overlays of a run's prediction for image files",
-        description="Predict each image with a run's fold ensemble and write its Grad-CAM overlay as a PNG.",
-        epilog=EXPLAIN_EPILOG,
-        formatter_class=formatter_class,
-    )
-    explain.add_argument("--model", type=Path, required=True, metavar="RUN_DIR", help="finished run folder")
-    explain.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files")
-    explain.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the overlays")
-    explain.add_argument("--class", dest="class_name", choices=CLASSES, help="explain this class, not the prediction")
-    explain.add_argument("--device", default="cpu", help="torch device for the models")
-    explain.set_defaults(handler=run_explain)
+    serve.set_defaults(handler=run)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
@@ -86,7 +63,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     if not 0 <= args.port <= 65535:
@@ -117,39 +94,4 @@ def run_serve(args: argparse.Namespace) -> int:
     if not ipaddress.ip_address(host).is_loopback:
         print(f"crossderm serve: warning: {host} is reachable from other machines and the server has no authentication")
     uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
-    return 0
-
-
-def run_explain(args: argparse.Namespace) -> int:
-    import io
-
-    import numpy as np
-
-    from crossderm.fsutil import atomic_write_bytes
-    from crossderm.predict.gradcam import DISPLAY_SIZE, gradcam_overlay
-    from crossderm.predict.model_io import Ensemble
-    from crossderm.prepare.cache import load_image
-
-    stems = [path.stem for path in args.images]
-    repeated = sorted({s for s in stems if stems.count(s) > 1})
-    if repeated:
-        raise CrossdermError(f"two inputs share the image id {repeated[0]!r}; one overlay would overwrite the other")
-    ensemble = Ensemble(args.model, device=args.device)
-    for path in args.images:
-        try:
-            pixels = np.array(load_image(path, ensemble.image_size))
-            display = load_image(path, max(ensemble.image_size, DISPLAY_SIZE))
-        except Exception as exc:  # any decoder failure, reported with its file as one line
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CrossdermError(f"{path}: cannot decode image ({reason})") from None
-        probs = ensemble.predict(pixels[None], views=ensemble.card["tta"])[0]
-        predicted = int(probs.argmax())
-        target = CLASSES.index(args.class_name) if args.class_name else predicted
-        explanation = gradcam_overlay(ensemble, pixels, class_index=target, display=display)
-        buffer = io.BytesIO()
-        explanation.overlay.save(buffer, format="PNG")
-        out = args.out / f"{path.stem}_gradcam.png"
-        atomic_write_bytes(out, buffer.getvalue())
-        print(f"{path.stem}: {CLASSES[predicted]} (p = {probs[predicted]:.3f}); "
-              f"Grad-CAM for {explanation.class_name} -> {out}")
     return 0

@@ -1,0 +1,17 @@
+"""Defaults shared by several commands, defined once (no heavy imports: the CLI reads them for ``--help``)."""
+
+from __future__ import annotations
+
+N_BOOTSTRAP = 2000  # resamples behind every confidence interval
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
+# The source every other source is compared with in a generalisation gap (the paper's HAM10000 -> others).
+REFERENCE_SOURCE = "ham"
+# Test-time augmentation: identity, horizontal flip, vertical flip, both (crossderm.models.tta.VIEW_FLIPS).
+MAX_TTA_VIEWS = 4
+TTA_VIEW_CHOICES = range(1, MAX_TTA_VIEWS + 1)
+# Largest image (width x height, from the header, before decoding) that predict/explain and serve accept. Below
+# Pillow's decompression-bomb threshold (89.5 MP), so users meet this clear cap first; dermoscopy originals are a
+# few tens of megapixels at most. The web server's is lower: its uploads come from anyone who can reach it.
+PREDICT_MAX_PIXELS = 64_000_000
+SERVE_MAX_PIXELS = 50_000_000
