@@ -214,7 +214,8 @@ def short_training(data: Prepared, scale: Scale, device: torch.device, args: arg
     from crossderm.runfolder import RunFolder
     from crossderm.runtime import Runtime
     from crossderm.train.config import load_config
-    from crossderm.train.fold import predict_fold, setup_fold, train_fold
+    from crossderm.train.fold import setup_fold, train_fold
+    from crossderm.train.outputs import predict_fold
 
     overrides = ["pretrained=false", f"model={scale.model}", f"epochs={args.epochs}", f"batch_size={scale.batch_size}",
                  f"eval_batch_size={scale.eval_batch_size}", f"compile={str(args.compile).lower()}"]

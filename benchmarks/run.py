@@ -1,7 +1,8 @@
 """Run every benchmark, print its figures and write ``benchmarks/results.json``.
 
-Benchmarks: input pipeline, training step, TTA, bootstrap, plus ``bench_backends`` when that module is
-present, then the whole-protocol projection from the measured training and inference rates.
+Benchmarks: input pipeline, training step, TTA, bootstrap, training beside a competing process
+(contention), plus ``bench_backends`` when that module is present, then the whole-protocol projection from
+the measured training and inference rates.
 Each benchmark times its two sides in the same run, rounds interleaved, so their ratio is comparable even
 on a busy machine; absolute rates on a shared CPU are noisy. ``--quick``: small sizes, about a minute on
 2 cores (plus a one-off ~15 s to generate the JPEGs); without it realistic sizes (224 px cache, several
@@ -24,7 +25,8 @@ import projection
 from crossderm.fsutil import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-BENCHMARKS = ("bench_input_pipeline", "bench_train_step", "bench_tta", "bench_bootstrap", "bench_backends")
+BENCHMARKS = ("bench_input_pipeline", "bench_train_step", "bench_tta", "bench_bootstrap", "bench_contention",
+              "bench_backends")
 
 
 def available() -> list[str]:

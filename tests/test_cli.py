@@ -6,7 +6,10 @@ import pytest
 
 from crossderm.cli import build_parser, main
 
-COMMANDS = ["synth", "prepare", "cv", "pool", "predict", "export", "evaluate", "report", "serve", "explain", "demo"]
+COMMANDS = [
+    "download", "synth", "prepare", "cv", "pool", "predict", "export", "evaluate", "report", "ablate", "serve",
+    "explain", "demo",
+]
 
 
 def test_every_command_is_registered() -> None:

@@ -26,30 +26,25 @@ from crossderm.errors import CrossdermError, at
 from crossderm.fsutil import read_json
 from crossderm.labels import CLASSES
 
+# A download made by `crossderm synth` carries this file, so data folders and model cards can say "synthetic".
+SYNTHETIC_MARKER = "crossderm-synth.json"
 MANIFEST = "manifest.csv"
 SPLITS = "splits.csv"
 DATASET_INFO = "dataset.json"
 AUDIT_JSON = "audit.json"
 AUDIT_MD = "audit.md"
 MANIFEST_COLUMNS = [
-    "image_id",
-    "source",
-    "site",
-    "label",
-    "original_label",
-    "lesion_id",
-    "lesion_group",
-    "fold",
-    "path",
-    "cache_index",
-    "phash",
+    "image_id", "source", "site", "label", "original_label", "lesion_id", "age", "sex", "anatom_site",
+    "lesion_group", "fold", "path", "cache_index", "phash",
 ]
-TEXT_COLUMNS = {"image_id": str, "source": str, "site": str, "label": str, "lesion_id": str, "lesion_group": str,
-                "phash": str, "path": str, "original_label": str}
+# Carried from the manifest into every predictions CSV, for per-site and subgroup evaluation.
+METADATA_COLUMNS = ["site", "age", "sex", "anatom_site"]
+TEXT_COLUMNS = {name: str for name in MANIFEST_COLUMNS if name not in ("fold", "cache_index")}
 
 
-def cache_file_name(image_size: int) -> str:
-    return f"images_{image_size}.npy"
+def cache_file_name(image_size: int, color_constancy: str = "none") -> str:
+    """``images_<N>.npy``, or ``images_<N>_<method>.npy`` for a colour-constancy variant of the same images."""
+    return f"images_{image_size}.npy" if color_constancy == "none" else f"images_{image_size}_{color_constancy}.npy"
 
 
 def check_grouped_folds(table: pd.DataFrame, where: str = "folds") -> None:
@@ -64,6 +59,21 @@ def check_grouped_folds(table: pd.DataFrame, where: str = "folds") -> None:
         )
 
 
+def check_lesions_across_sources(table: pd.DataFrame, where: str) -> None:
+    """A lesion id in two sources would be split between folds (folds are drawn per source): refuse it."""
+    named = table[table["lesion_id"] != ""]
+    spread = named.groupby("lesion_id")["source"].nunique()
+    shared = spread[spread > 1]
+    if len(shared):
+        lesion = shared.index[0]
+        sources = sorted(named.loc[named["lesion_id"] == lesion, "source"].unique())
+        raise CrossdermError(
+            f"{where}: lesion {lesion!r} appears in sources {' and '.join(sources)} ({len(shared)} such lesions): "
+            "its images would land in different folds and leak; remove the duplicate images or give them distinct "
+            "lesion ids"
+        )
+
+
 @dataclass(frozen=True)
 class PreparedData:
     """A prepared DATA_DIR: its manifest, its ``dataset.json`` and (memory-mapped on demand) its cache."""
@@ -73,15 +83,25 @@ class PreparedData:
     info: dict[str, Any]
 
     @property
-    def cache_path(self) -> Path:
-        return self.path / self.info["cache_file"]
+    def caches(self) -> dict[str, str]:
+        """Colour-constancy method -> cache file name (``none`` always present)."""
+        return {"none": self.info["cache_file"], **self.info.get("caches", {})}
 
-    def open_cache(self) -> np.ndarray:
-        cache = open_cache(self.cache_path)
+    def cache_path(self, color_constancy: str = "none") -> Path:
+        if color_constancy not in self.caches:
+            raise CrossdermError(
+                f"{self.path}: has no {color_constancy} image cache (have {', '.join(self.caches)}); add it with "
+                f"`crossderm prepare --out {self.path} --color-constancy {color_constancy}`"
+            )
+        return self.path / self.caches[color_constancy]
+
+    def open_cache(self, color_constancy: str = "none") -> np.ndarray:
+        path = self.cache_path(color_constancy)
+        cache = open_cache(path)
         rows = self.manifest["cache_index"]
         if len(rows) and (rows.max() >= len(cache) or cache.shape[1:] != (self.image_size, self.image_size, 3)):
             raise CrossdermError(
-                f"{self.cache_path}: holds {len(cache)} images of shape {cache.shape[1:]}, but the manifest needs "
+                f"{path}: holds {len(cache)} images of shape {cache.shape[1:]}, but the manifest needs "
                 f"{rows.max() + 1} of {(self.image_size, self.image_size, 3)} (stale cache? run `crossderm prepare`)"
             )
         return cache
@@ -149,3 +169,4 @@ def check_manifest(manifest: pd.DataFrame, path: Path) -> None:
             row = int(np.flatnonzero(repeated.to_numpy())[0])
             raise CrossdermError(f"{at(path, row + 2)}: duplicate {column} {manifest[column].iat[row]!r}")
     check_grouped_folds(manifest, str(path))
+    check_lesions_across_sources(manifest, str(path))

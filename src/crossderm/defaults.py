@@ -15,3 +15,12 @@ TTA_VIEW_CHOICES = range(1, MAX_TTA_VIEWS + 1)
 # few tens of megapixels at most. The web server's is lower: its uploads come from anyone who can reach it.
 PREDICT_MAX_PIXELS = 64_000_000
 SERVE_MAX_PIXELS = 50_000_000
+# Per-site / subgroup evaluation (crossderm.evaluate.groups): the groupings `--by` accepts, and the fewest images a
+# cell needs to get metric values. Below 30 images a 7-class macro-F1 rests on one or two images of most classes and
+# even accuracy's 95 % CI is about +/-0.18 wide (binomial, p = 0.5), so such a cell is reported as "too few (n = k)",
+# never as a number, let alone as 0.
+GROUPINGS = ("site", "sex", "age_bin", "anatom_site")
+MIN_GROUP_IMAGES = 30
+# Out-of-distribution scores of a prediction (crossderm.models.ood computes them, evaluate.ood scores them): the
+# predictions-CSV columns, higher = less like the training data.
+OOD_COLUMNS = ("ood_msp", "ood_energy", "ood_mahalanobis")

@@ -18,6 +18,7 @@ def at(path: str | Path, row: int | None = None) -> str:
 def validation_message(exc: Any) -> str:
     """A pydantic ``ValidationError``'s first error as ``field: reason`` on one line (+ how many more)."""
     first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "value"
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
     more = exc.error_count() - 1
-    return f"{field}: {first['msg']}" + (f" ({more} more)" if more else "")
+    return (f"{field}: {message}" if field else message) + (f" ({more} more)" if more else "")

@@ -50,25 +50,34 @@ def label_indices(labels: Iterable[str]) -> np.ndarray:
     return np.fromiter((CLASS_INDEX[label] for label in labels), dtype=np.int64)
 
 
-def load_label_map(path: str | Path | None) -> dict[str, str | None]:
-    """Read a mapping override; every ISIC column must map to a HAM class or null (= drop)."""
-    if path is None:
-        return dict(DEFAULT_ISIC_TO_HAM)
+def read_class_map(path: str | Path, keys: Iterable[str] | None = None) -> dict[str, str | None]:
+    """A YAML/JSON mapping ``{their label: one of CLASSES or null}`` (null = drop those images).
+
+    ``keys``, when given, are the only labels the map may name (e.g. the ISIC 2019 columns).
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CrossdermError(f"{path}: cannot read label map ({exc})") from None
-    if not isinstance(raw, dict):
-        raise CrossdermError(f"{path}: label map must be a mapping ISIC_COLUMN -> class or null")
-    mapping = dict(DEFAULT_ISIC_TO_HAM)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CrossdermError(f"{path}: cannot read label map ({' '.join(str(exc).split())})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise CrossdermError(f"{path}: label map must be a mapping LABEL -> class or null")
+    allowed = tuple(keys) if keys is not None else None
+    mapping: dict[str, str | None] = {}
     for key, value in raw.items():
-        if key not in ISIC2019_COLUMNS:
-            raise CrossdermError(f"{path}: unknown ISIC 2019 column {key!r} (expected one of {ISIC2019_COLUMNS})")
+        if allowed is not None and key not in allowed:
+            raise CrossdermError(f"{path}: unknown label {key!r} (expected one of {', '.join(allowed)})")
         if value is not None and value not in CLASSES:
-            raise CrossdermError(f"{path}: {key} -> {value!r} is not one of {CLASSES} or null")
-        mapping[key] = value
+            raise CrossdermError(f"{path}: {key} -> {value!r} is not one of {', '.join(CLASSES)} or null")
+        mapping[str(key)] = value
     return mapping
+
+
+def load_label_map(path: str | Path | None) -> dict[str, str | None]:
+    """The ISIC 2019 -> HAM10000 map: the default, with the columns a file names overridden."""
+    if path is None:
+        return dict(DEFAULT_ISIC_TO_HAM)
+    return {**DEFAULT_ISIC_TO_HAM, **read_class_map(path, ISIC2019_COLUMNS)}
 
 
 def ham_to_isic_columns(mapping: dict[str, str | None]) -> dict[str, str]:

@@ -11,10 +11,14 @@
         model.json           model card: everything inference needs (crossderm.models.card)
         history.csv          one row per epoch
         val_predictions.csv  inner-validation predictions (temperature fitting)
+        external_predictions.csv   predictions of the external (test-only) sources, when there are any
         predictions.csv      test predictions; its presence means the fold is finished
-      oof_predictions.csv    every fold's test predictions pooled
+      oof_predictions.csv    every fold's test predictions pooled (each image once; external and site-matrix
+                             images: the mean over the folds that predicted them, fold = -1)
+      site_matrix_predictions.csv   site-matrix protocol: every (training site, test image) row
       metrics.json/.md       from crossderm.evaluate (also what ``crossderm evaluate --out`` writes)
       calibration.json       per-fold temperatures, ECE before/after
+      README.md              Hugging Face-style model card (crossderm.models.hub_card), written when pooled
 
 Every other module asks this one for a path, so the layout is written down exactly once.
 """
@@ -35,6 +39,7 @@ OOF_PREDICTIONS = "oof_predictions.csv"
 METRICS_JSON = "metrics.json"
 METRICS_MD = "metrics.md"
 CALIBRATION = "calibration.json"
+HUB_CARD = "README.md"
 FOLD_PATTERN = re.compile(r"fold_(\d+)")
 
 CHECKPOINT = "checkpoint"
@@ -46,6 +51,13 @@ MODEL_CARD = "model.json"
 HISTORY = "history.csv"
 PREDICTIONS = "predictions.csv"
 VAL_PREDICTIONS = "val_predictions.csv"
+EXTERNAL_PREDICTIONS = "external_predictions.csv"
+SITE_MATRIX_PREDICTIONS = "site_matrix_predictions.csv"
+TENSORBOARD = "tensorboard"
+TENSORBOARD_POOLED = "pooled"
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+REPORT = "report"
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,10 @@ class FoldFolder:
         return self.path / VAL_PREDICTIONS
 
     @property
+    def external_predictions(self) -> Path:
+        return self.path / EXTERNAL_PREDICTIONS
+
+    @property
     def finished(self) -> bool:
         return self.predictions.is_file()
 
@@ -106,6 +122,10 @@ class RunFolder:
         return self.path / OOF_PREDICTIONS
 
     @property
+    def site_matrix_predictions(self) -> Path:
+        return self.path / SITE_MATRIX_PREDICTIONS
+
+    @property
     def metrics(self) -> Path:
         return self.path / METRICS_JSON
 
@@ -116,6 +136,38 @@ class RunFolder:
     @property
     def calibration(self) -> Path:
         return self.path / CALIBRATION
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
+
+    def tensorboard_fold(self, k: int) -> Path:
+        return self.tensorboard / f"fold_{k}"
+
+    @property
+    def tensorboard_pooled(self) -> Path:
+        return self.tensorboard / TENSORBOARD_POOLED
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.path / MLFLOW_DB
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.path / MLFLOW_ARTIFACTS
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT
+
+    def onnx_models(self) -> list[Path]:
+        """``*.onnx`` files directly in the run folder (``crossderm export --out RUN_DIR/model.onnx``)."""
+        return sorted(self.path.glob("*.onnx")) if self.path.is_dir() else []
+
+    @property
+    def hub_card(self) -> Path:
+        """The Hugging Face-style model card (``README.md``: YAML front matter + Markdown)."""
+        return self.path / HUB_CARD
 
     def fold(self, k: int) -> FoldFolder:
         return FoldFolder(self.path / f"fold_{k}", int(k))
@@ -137,6 +189,20 @@ class RunFolder:
 
     def read_run_info(self) -> dict[str, Any]:
         return read_json(self.run_info, f"is {self.path} a `crossderm cv` run folder?")
+
+    def read_config(self) -> dict[str, Any]:
+        """The resolved config as written (a mapping; validate it with crossderm.train.config to train)."""
+        import yaml
+
+        if not self.config.is_file():
+            raise CrossdermError(f"{self.config}: no such file (is {self.path} a `crossderm cv` run folder?)")
+        try:
+            config = yaml.safe_load(self.config.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise CrossdermError(f"{self.config}: cannot read YAML ({' '.join(str(exc).split())})") from None
+        if not isinstance(config, dict):
+            raise CrossdermError(f"{self.config}: expected a mapping of settings")
+        return config
 
     def read_metrics(self) -> dict[str, Any]:
         return read_json(self.metrics, f"run `crossderm pool {self.path}` first")

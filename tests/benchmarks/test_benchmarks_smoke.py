@@ -169,3 +169,17 @@ def test_gpu_check_cpu_smoke_runs_every_stage(tmp_path: Path) -> None:
     protocol = report["protocol_projection"]
     assert protocol["train_images_per_s"] == training["epochs"][-1]["images_per_s"]
     assert set(protocol["experiments"]) == {"a", "b"} and protocol["total_hours"] > 0
+
+
+def test_contention_trains_beside_a_competitor_that_really_used_cpu(synth_prepared: Path) -> None:
+    import bench_contention
+
+    threads = torch.get_num_threads()
+    result = bench_contention.measure(synth_prepared, TINY, CPU)
+    _positive(result, *(f"{name}_images_per_s" for name in bench_contention.MEASURES), "quiet_images_per_s")
+    assert result["competitor_wall_s"] > 0 and result["competitor_cpu_s"] > 0.05 * result["competitor_wall_s"]
+    assert all(1 <= n <= result["available_cpus"] for n in result["auto_threads_beside_competitor"])
+    assert set(result["other_cpus_during"]) == set(bench_contention.MEASURES)
+    assert result["ratio"] == result["contended_auto_images_per_s"] / result["quiet_images_per_s"]
+    assert torch.get_num_threads() == threads  # the benchmark gives the thread count back
+    assert "beside a busy loop" in bench_contention.describe(result)

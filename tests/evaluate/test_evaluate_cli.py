@@ -220,3 +220,107 @@ def test_bad_options_and_missing_file(
     assert message in capsys.readouterr().err
     assert evaluate(tmp_path / "absent.csv", tmp_path / "o") == 2
     assert f"{tmp_path / 'absent.csv'}: no such file" in capsys.readouterr().err
+
+
+def with_groups(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """The optional columns of the data contract: site (one tiny site), sex and age with blanks, anatom_site."""
+    n = len(frame)
+    ham = frame["source"] == "ham"
+    sites = np.where(ham, rng.choice(["vidir_modern", "rosendahl"], n), rng.choice(["bcn", "msk"], n))
+    frame = frame.assign(
+        site=sites,
+        sex=rng.choice(["male", "female", ""], n, p=[0.47, 0.47, 0.06]),
+        age=rng.choice(["25", "40", "55.0", "70", "85", ""], n),
+        anatom_site=rng.choice(["torso", "head/neck", ""], n),
+    )
+    frame.loc[frame.index[:12], "site"] = "clinic_x"  # 12 ham images: too few
+    return frame
+
+
+def test_by_site_and_sex_writes_group_sections_and_tables(
+    two_sources: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    _, frame = two_sources
+    frame = with_groups(frame, np.random.default_rng(3))
+    path = tmp_path / "grouped.csv"
+    frame.to_csv(path, index=False)
+    assert evaluate(path, tmp_path / "out", "--by", "site", "--by", "sex") == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    markdown = (tmp_path / "out" / "metrics.md").read_text()
+    assert list(metrics) == ["sources", "reference_source", "gaps", "bootstrap", "sites", "site_summary", "subgroups",
+                             "groups"]
+    assert list(metrics["subgroups"]) == ["sex"] and metrics["groups"]["by"] == ["site", "sex"]
+    assert list(metrics["sites"]) == ["ham/clinic_x", "ham/rosendahl", "ham/vidir_modern", "isic/bcn", "isic/msk"]
+    assert metrics["sites"]["ham/clinic_x"] == {"source": "ham", "site": "clinic_x", "n": 12, "too_few": True}
+    rows = frame[(frame["source"] == "isic") & (frame["site"] == "msk")]
+    y, pred = rows["label"].map(CLASSES.index).to_numpy(), rows[list(CLASSES)].to_numpy().argmax(axis=1)
+    msk = metrics["sites"]["isic/msk"]
+    assert msk["accuracy"]["value"] == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+    assert "## Per site" in markdown and "## Subgroups by sex" in markdown and "age_bin" not in markdown
+    assert "| ham/clinic_x | 12 | too few (n = 12) | too few | too few |" in markdown
+    f1 = msk["macro_f1"]
+    assert f"| isic/msk | {len(rows)} | {f1['value']:.4f} [{f1['ci_low']:.4f}, {f1['ci_high']:.4f}] |" in markdown
+    summary = metrics["site_summary"]
+    mean = summary["mean_macro_f1"]
+    assert f"| mean over 4 sites | | {mean['value']:.4f} [{mean['ci_low']:.4f}, {mean['ci_high']:.4f}] |" in markdown
+    assert f"| worst site: {summary['worst_site']['site']} |" in markdown
+    assert "| minimum over sites (per resample) |" in markdown
+    assert "| isic/missing |" in markdown  # blank sex: its own group
+    # the per-source sections do not depend on the groups
+    assert evaluate(path, tmp_path / "plain", "--by", "sex") == 0
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert "sites" not in plain and plain["sources"] == metrics["sources"] and plain["gaps"] == metrics["gaps"]
+    assert plain["subgroups"] == metrics["subgroups"]
+
+
+def test_default_is_per_site_and_input_without_optional_columns_still_works(
+    two_sources: tuple[Path, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, frame = two_sources
+    grouped = tmp_path / "grouped.csv"
+    with_groups(frame, np.random.default_rng(3)).to_csv(grouped, index=False)
+    assert evaluate(grouped, tmp_path / "a") == 0
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert "sites" in metrics and "subgroups" not in metrics and metrics["groups"]["by"] == ["site"]
+    # no optional column: exactly the per-source metrics.json of before
+    assert evaluate(path, tmp_path / "b") == 0
+    bare = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert list(bare) == ["sources", "reference_source", "gaps", "bootstrap"]
+    assert bare["sources"] == metrics["sources"]
+    assert "## Per site" not in (tmp_path / "b" / "metrics.md").read_text()
+    capsys.readouterr()
+    # asking for a grouping the file has no column for is a one-line error
+    assert evaluate(path, tmp_path / "c", "--by", "age_bin") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: --by age_bin needs a 'age' column" in err
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(SystemExit):
+        evaluate(path, tmp_path / "d", "--by", "country")  # argparse: usage error, exit 2
+    assert "invalid choice: 'country'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("age", "message"), [("forty", "age 'forty'"), ("-3", "age '-3'"), ("inf", "age 'inf'")])
+def test_bad_age_is_a_one_line_error(
+    age: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = small_frame().assign(age=["30", "", "nan", age, "41.5", "7"])
+    path = tmp_path / "pred.csv"
+    frame.to_csv(path, index=False)
+    assert evaluate(path, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}:5: {message} is not a non-negative number" in err, err
+
+
+def test_train_site_allows_an_image_once_per_training_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frame = small_frame()
+    twice = pd.concat([frame.assign(train_site="ham/a"), frame.assign(train_site="ham/b")], ignore_index=True)
+    twice["site"] = "c"
+    path = tmp_path / "matrix.csv"
+    twice.to_csv(path, index=False)
+    assert evaluate(path, tmp_path / "ok") == 0
+    twice.loc[3, "train_site"] = "ham/b"  # line 5 now has line 11's (train site, source, image)
+    twice.to_csv(path, index=False)
+    assert evaluate(path, tmp_path / "bad") == 2
+    err = capsys.readouterr().err
+    image_id = twice.loc[3, "image_id"]
+    assert f"{path}:11: image_id '{image_id}' in source 'ham' duplicates line 5 for train_site 'ham/b'" in err

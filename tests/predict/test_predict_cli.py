@@ -79,7 +79,10 @@ def test_predictions_match_the_training_preprocessing(synth_run: Path, images: P
     out = tmp_path / "pred.csv"
     assert main(["predict", "--model", str(synth_run), str(images), "--out", str(out), "--batch-size", "2"]) == 0
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["image_id", "path", *CLASSES, "predicted", "status", "error"]
+    assert list(table.columns) == ["image_id", "path", *CLASSES, "predicted", "ood_msp", "ood_energy",
+                                   "ood_mahalanobis", "status", "error"]
+    np.testing.assert_allclose(table["ood_msp"], 1 - table[list(CLASSES)].max(axis=1), atol=1e-9)
+    assert (table["ood_mahalanobis"] > 0).all()
     assert list(table["image_id"]) == ["a_lesion", "b_lesion", "c_lesion"]
     assert (table["status"] == "ok").all() and (table["error"] == "").all()
     probs = table[list(CLASSES)].to_numpy(dtype=float)

@@ -35,6 +35,7 @@ def test_copies_across_a_fold_and_a_source_are_found_and_classified() -> None:
         "lesion_group": [f"g{i}" for i in range(15)],
         "fold": [i % 5 for i in range(12)] + [1, 1, 2],  # copy of row 0 (fold 0) in fold 1; row 2 stays in fold 2
         "path": "p",
+        "age": "50", "sex": "", "anatom_site": "torso",
     })
     hashes = np.array([perceptual_hash(Image.fromarray(image)) for image in images], dtype=np.uint64)
     candidates = near_duplicate_pairs(hashes, 8)

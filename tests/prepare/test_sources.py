@@ -60,7 +60,7 @@ def test_isic2019_removes_ham_and_harmonises(shared_data: Path) -> None:
         "vasc": 111,
     }
     assert not set(isic["image_id"]) & set(ham["image_id"])
-    assert isic["site"].value_counts().to_dict() == {"bcn": 12413, "unknown": 2084, "msk": 819}
+    assert isic["site"].value_counts().to_dict() == {"bcn": 12413, "archive": 2084, "msk": 819}
     assert (isic["path"] != "").sum() == 2097
     downsampled = isic[isic["image_id"].str.endswith("_downsampled") & (isic["path"] != "")]
     assert len(downsampled) == 1521

@@ -16,6 +16,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from crossderm.cli import main
 from crossderm.errors import CrossdermError
 from crossderm.evaluate.compare import paired_comparison
+from crossderm.evaluate.groups import site_matrix
 from crossderm.evaluate.predictions import compute_metrics, load_predictions
 from crossderm.labels import CLASSES
 from crossderm.report.build import write_report
@@ -392,3 +393,178 @@ def test_existing_report_needs_overwrite(
     assert (out / "marker").is_file()
     report(capsys, out, runs["a_ham_only"][0], options=("--overwrite",))
     assert not (out / "marker").exists() and (out / "summary.json").is_file()
+
+
+# ---- per site, subgroups, site matrix ------------------------------------------------------------------------
+
+
+def with_sites(frame: pd.DataFrame) -> pd.DataFrame:
+    """Site, sex and age by image position, so every run of the same images has the same groups.
+
+    ham: vidir_modern 150, rosendahl 138, tiny 12 (too few); isic: bcn 150, msk 150. Sex blank for every 25th
+    image (12 per source, too few), age blank for every 10th.
+    """
+    index = frame.groupby("source").cumcount().to_numpy()
+    ham = (frame["source"] == "ham").to_numpy()
+    site = np.where(ham, np.where(index < 150, "vidir_modern", np.where(index < 288, "rosendahl", "tiny")),
+                    np.where(index < 150, "bcn", "msk"))
+    sex = np.where(index % 25 == 0, "", np.where(index % 2 == 0, "male", "female"))
+    age = np.where(index % 10 == 0, np.nan, (index * 7) % 90).astype(float)
+    return frame.assign(site=site, sex=sex, age=age)
+
+
+def row_cells(table: str, first: str) -> list[str]:
+    """The cells of the Markdown row whose first cell is ``first``."""
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in {table}")
+
+
+def ci_text(entry: dict) -> str:
+    return f"{entry['value']:.4f} [{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]"
+
+
+@pytest.fixture
+def site_runs(tmp_path: Path) -> dict[str, tuple[Path, pd.DataFrame]]:
+    rng = np.random.default_rng(7)
+    images = labelled_images(rng, ("ham", "isic"))
+    noise = rng.normal(size=(len(images), K))
+    runs = {}
+    for name, strength in {"a_ham_only": HAM_ONLY, "b_joint": JOINT}.items():
+        frame = with_sites(predict(images, noise, strength))
+        runs[name] = (write_run(tmp_path / "runs", name, frame, ["ham", "isic"] if "joint" in name else ["ham"]), frame)
+    return runs
+
+
+def test_per_site_table_plot_and_summary(
+    site_runs: dict[str, tuple[Path, pd.DataFrame]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (dir_a, _), (dir_b, _) = site_runs["a_ham_only"], site_runs["b_joint"]
+    out = tmp_path / "report"
+    stdout = report(capsys, out, dir_a, dir_b)
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert "site_macro_f1.png" in figures and len(figures) == 6
+    table = sections(out)["Per site: headline metrics"]
+    columns = [f"{name} {c}" for name in ("a_ham_only", "b_joint") for c in ("n", "macro-F1", "accuracy")]
+    assert row_cells(table, "site") == ["site", *columns]
+    assert row_cells(table, "ham/tiny") == ["ham/tiny", *["12", "too few (n = 12)", "too few"] * 2]
+    summary = summary_of(out)
+    for run_dir, name in ((dir_a, "a_ham_only"), (dir_b, "b_joint")):
+        metrics, entry = metrics_of(run_dir), summary["experiments"][name]
+        assert list(entry["sites"]) == ["ham/rosendahl", "ham/tiny", "ham/vidir_modern", "isic/bcn", "isic/msk"]
+        bcn = metrics["sites"]["isic/bcn"]
+        headline = {m: bcn[m] for m in ("macro_f1", "accuracy", "balanced_accuracy")}
+        assert entry["sites"]["isic/bcn"] == {"source": "isic", "site": "bcn", "n": 150, **headline}
+        assert entry["sites"]["ham/tiny"] == {"source": "ham", "site": "tiny", "n": 12, "too_few": True}
+        assert entry["site_summary"] == metrics["site_summary"]
+        offset = 1 + 3 * ["a_ham_only", "b_joint"].index(name)
+        assert row_cells(table, "isic/bcn")[offset : offset + 2] == ["150", ci_text(bcn["macro_f1"])]
+    s_a = summary["experiments"]["a_ham_only"]["site_summary"]
+    assert row_cells(table, "mean over sites")[1:3] == ["4 sites", ci_text(s_a["mean_macro_f1"])]
+    worst = s_a["worst_site"]
+    assert row_cells(table, "worst site")[2] == f"{ci_text(worst['macro_f1'])} ({worst['site']})"
+    assert row_cells(table, "minimum over sites (per resample)")[2] == ci_text(s_a["min_macro_f1"])
+    # the HAM-only model is worst on an isic site, the joint one is not as bad there
+    assert s_a["worst_site"]["site"].startswith("isic/")
+    assert "a_ham_only: macro-F1 mean over 4 sites" in stdout
+    page = (out / "report.html").read_text()
+    assert "Per site: headline metrics" in page and page.count('src="data:image/png;base64,') == len(figures)
+    assert "![Macro-F1 per site" in sections(out)["Figures"]
+
+
+def test_by_sex_and_age_subgroups_from_the_predictions(
+    site_runs: dict[str, tuple[Path, pd.DataFrame]], runs: dict[str, tuple[Path, pd.DataFrame]], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dir_a = site_runs["a_ham_only"][0]
+    assert "subgroups" not in metrics_of(dir_a)  # cv writes sites only: the report computes the subgroups
+    plain = runs["b_joint"][0]  # a run without any optional column
+    out = tmp_path / "report"
+    report(capsys, out, dir_a, plain, options=("--by", "sex", "--by", "age_bin"))
+    summary = summary_of(out)
+    predictions = load_predictions(RunFolder(dir_a).oof_predictions)
+    expected = compute_metrics(predictions, N_RESAMPLES, 0, by=("sex", "age_bin"))
+    entry = summary["experiments"]["a_ham_only"]
+    assert list(entry["subgroups"]) == ["sex", "age_bin"]
+    for grouping in ("sex", "age_bin"):
+        for key, cell in expected["subgroups"][grouping].items():
+            got = entry["subgroups"][grouping][key]
+            assert got == cell if cell.get("too_few") else got["macro_f1"] == cell["macro_f1"]
+    assert entry["subgroups"]["sex"]["ham/missing"] == {"source": "ham", "sex": "missing", "n": 12, "too_few": True}
+    md = sections(out)
+    sex = md["Subgroups by sex: headline metrics"]
+    assert "| ham/missing | 12 | too few (n = 12) | too few |" in sex
+    assert "Without this column (not shown): b_joint." in sex
+    assert list(expected["subgroups"]["age_bin"])[:6] == [f"ham/{b}" for b in ("<30", "30-44", "45-59", "60-74",
+                                                                               "75+", "missing")]
+    assert "| ham/75+ |" in md["Subgroups by age_bin: headline metrics"]
+    # the run without sites: no per-site values, and the report still has its per-site table for the other
+    assert summary["experiments"]["b_joint"]["sites"] == {}
+    assert summary["experiments"]["b_joint"]["site_summary"] is None
+    assert "b_joint n" not in md["Per site: headline metrics"]
+
+
+def test_runs_without_sites_have_no_site_sections(
+    runs: dict[str, tuple[Path, pd.DataFrame]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    report(capsys, out, runs["a_ham_only"][0], runs["b_joint"][0], options=("--by", "sex"))
+    md = sections(out)
+    assert not any(title.startswith(("Per site", "Site matrix")) for title in md)
+    assert "No run's predictions have a 'sex' column." in md["Subgroups by sex: headline metrics"]
+    assert len(list((out / "figures").glob("*.png"))) == 5
+    for entry in summary_of(out)["experiments"].values():
+        assert entry["sites"] == {} and entry["site_summary"] is None and "subgroups" not in entry
+
+
+def test_sites_missing_from_metrics_json_are_computed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An older metrics.json (per source only) of predictions with a site column: the report evaluates the sites."""
+    frame = with_sites(predict(labelled_images(np.random.default_rng(1)), np.zeros((600, K)), JOINT))
+    run_dir = write_run(tmp_path / "runs", "old", frame, ["ham"])
+    folder = RunFolder(run_dir)
+    per_source = compute_metrics(load_predictions(folder.oof_predictions), N_RESAMPLES, 0, by=())
+    folder.metrics.write_text(json.dumps(per_source))
+    out = tmp_path / "report"
+    report(capsys, out, run_dir)
+    expected = compute_metrics(load_predictions(folder.oof_predictions), N_RESAMPLES, 0)
+    entry = summary_of(out)["experiments"]["old"]
+    assert entry["site_summary"] == expected["site_summary"]
+    assert entry["sites"]["ham/rosendahl"]["macro_f1"] == expected["sites"]["ham/rosendahl"]["macro_f1"]
+
+
+def test_stale_site_metrics_fail(site_runs: dict[str, tuple[Path, pd.DataFrame]], tmp_path: Path) -> None:
+    dir_a, frame = site_runs["a_ham_only"]
+    frame.assign(site=np.where(frame["site"] == "tiny", "rosendahl", frame["site"])).to_csv(
+        RunFolder(dir_a).oof_predictions, index=False
+    )
+    with pytest.raises(CrossdermError, match="per-site images do not match oof_predictions.csv's site column"):
+        write_report([dir_a], tmp_path / "report")
+
+
+def test_site_matrix_heatmap_and_table(
+    site_runs: dict[str, tuple[Path, pd.DataFrame]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dir_a, frame = site_runs["a_ham_only"]
+    keys = sorted(set(frame["source"] + "/" + frame["site"]))
+    predicted = pd.concat(
+        [frame[(frame["source"] + "/" + frame["site"]) != train].assign(train_site=train) for train in keys],
+        ignore_index=True,
+    )
+    matrix = site_matrix(predicted, N_RESAMPLES, 0)
+    folder = RunFolder(dir_a)
+    folder.metrics.write_text(json.dumps({**metrics_of(dir_a), "site_matrix": matrix}))
+    out = tmp_path / "report"
+    report(capsys, out, dir_a)
+    assert (out / "figures" / "site_matrix_01_a_ham_only.png").is_file()
+    table = sections(out)["Site matrix of a_ham_only: macro-F1 (rows = training site, columns = test site)"]
+    assert table.strip().splitlines()[0] == "| train \\ test | " + " | ".join(keys) + " |"
+    cell = matrix["ham/rosendahl"]["isic/bcn"]["macro_f1"]
+    cells = row_cells(table, "ham/rosendahl")
+    assert cells[1 + keys.index("ham/rosendahl")] == "-"  # never predicted by its own site's model
+    assert cells[1 + keys.index("isic/bcn")] == ci_text(cell)
+    assert cells[1 + keys.index("ham/tiny")] == "too few (n = 12)"
+    entry = summary_of(out)["experiments"]["a_ham_only"]["site_matrix"]
+    assert entry["ham/rosendahl"]["isic/bcn"]["macro_f1"] == cell and list(entry) == keys
+    assert "Site matrix of a_ham_only" in (out / "report.html").read_text()

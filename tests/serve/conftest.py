@@ -13,6 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+CONFIGURED_HOST = "derm-box.test"  # served besides loopback (--allow-host)
+
+
+@pytest.fixture(scope="session")
+def configured_host() -> str:
+    return CONFIGURED_HOST
+
 
 def healthy(url: str) -> bool:
     try:
@@ -23,11 +30,13 @@ def healthy(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def server(synth_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``crossderm serve --port 0`` in a subprocess; yields its base URL once /healthz answers."""
+    """``crossderm serve --port 0 --allow-host derm-box.test`` in a subprocess; yields its base URL once /healthz
+    answers."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "crossderm", "serve", "--model", str(synth_run), "--port", "0", "--threads", "1"],
+            [sys.executable, "-m", "crossderm", "serve", "--model", str(synth_run), "--port", "0", "--threads", "1",
+             "--allow-host", CONFIGURED_HOST],
             stdout=handle,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

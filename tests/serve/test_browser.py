@@ -110,6 +110,35 @@ def test_synthetic_image_then_bad_file_then_again(browser: webdriver.Chrome, syn
     assert_prediction_shown(browser, image)
 
 
+def mahalanobis_shown(driver: webdriver.Chrome) -> float:
+    scores = driver.find_element(By.ID, "ood-scores").text
+    found = re.search(r"Mahalanobis (\d+\.\d\d) \(1\.0 = the 95th percentile of validation images\)", scores)
+    assert found and "energy" in scores, scores
+    return float(found.group(1))
+
+
+def test_out_of_distribution_notice(browser: webdriver.Chrome, synth_raw: Path, tmp_path: Path) -> None:
+    """A flat green square is far from the training lesions: the page says so; a lesion gets the notice only
+    when its score is over 1.0. The scores are shown for every prediction."""
+    from PIL import Image
+
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (64, 64), (0, 255, 0)).save(flat)
+    assert upload(browser, flat)[0] == "done"
+    score = mahalanobis_shown(browser)
+    notice = browser.find_element(By.ID, "ood-notice")
+    assert score > 1.0 and notice.is_displayed(), (score, notice.text)
+    assert notice.text == (f"This image looks unlike the training data (Mahalanobis score {score:.2f}, 1.0 = the "
+                           "95th percentile of validation images): treat the prediction with extra caution.")
+    lesion = sorted((synth_raw / "ISIC2019" / "ISIC_2019_Training_Input").glob("*.jpg"))[0]
+    assert upload(browser, lesion)[0] == "done"
+    score = mahalanobis_shown(browser)
+    if score != 1.0:  # shown as "1.00", the flag could go either way
+        assert notice.is_displayed() == (score > 1.0), score
+    assert browser.find_element(By.ID, "notice").is_displayed()  # the research-use notice stays
+    assert not browser.find_element(By.ID, "metadata").is_displayed(), "this model uses no metadata"
+
+
 def test_real_dermoscopic_image(browser: webdriver.Chrome, shared_data: Path) -> None:
     images = sorted((shared_data / "HAM10000" / "HAM10000_images").glob("*.jpg"))
     if not images:

@@ -125,9 +125,14 @@ def test_image_sizes_follow_the_sites(small: tuple[Path, dict]) -> None:
     bcn = meta.image[meta.lesion_id.str.startswith("BCN_")].iloc[0]
     with Image.open(folder / f"{bcn}.jpg") as image:
         assert image.size == (96, 96)
-    small_msk = meta.image[meta.image.str.endswith("_downsampled")].iloc[0]
-    with Image.open(folder / f"{small_msk}.jpg") as image:
-        assert image.size == (56, 42)
+    # MSK-range images: (224, 168) x 0.5; without a lesion id the ISIC archive camera (192, 144) x 0.5; halved
+    # again for a _downsampled id
+    for _, row in meta[meta.image.str[5:12].astype(int) < 24306].iterrows():  # below the HAM10000 id range
+        size = (112, 84) if row.lesion_id else (96, 72)
+        if row.image.endswith("_downsampled"):
+            size = (size[0] // 2, size[1] // 2)
+        with Image.open(folder / f"{row.image}.jpg") as image:
+            assert image.size == size, row.image
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
@@ -151,7 +156,7 @@ def test_class_floor_and_invalid_sizes(tmp_path: Path) -> None:
 
 def test_every_planned_style_has_a_camera() -> None:
     """plan names each lesion's camera (HAM10000 sub-source or site), paint must know how it photographs."""
-    assert set(paint.STYLES) == {*plan.HAM_DATASETS, "bcn", "msk"}
+    assert set(paint.STYLES) == {*plan.HAM_DATASETS, "bcn", "msk", plan.ARCHIVE_STYLE}
 
 
 def test_cli_without_size_options_writes_the_default_lesions(tmp_path: Path) -> None:

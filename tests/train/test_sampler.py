@@ -19,13 +19,15 @@ from crossderm.train.sampler import EpochSampler, sampling_weights
 def real_train(shared_data: Path) -> pd.DataFrame:
     """Training folds (all but fold 0) of the real HAM10000 + ISIC 2019 metadata: 20,265 images."""
     table, _, _ = harmonised_table(
-        PrepareConfig(out=Path("unused"), ham=shared_data / "HAM10000", isic=shared_data / "ISIC2019")
+        PrepareConfig(out=Path("unused"), ham=shared_data / "HAM10000", isic=shared_data / "ISIC2019",
+                      ham_metadata=shared_data / "extra" / "HAM10000_metadata_with_dataset.csv")
     )
     return table[table["fold"] != 0].reset_index(drop=True)
 
 
 def _draw(frame: pd.DataFrame, kind: str, n: int = 200_000) -> pd.DataFrame:
-    weights = sampling_weights(kind, frame["label"].to_numpy(), frame["source"].to_numpy())
+    sites = (frame["source"] + "/" + frame["site"]).to_numpy()
+    weights = sampling_weights(kind, frame["label"].to_numpy(), frame["source"].to_numpy(), sites)
     indices = EpochSampler(weights, n, seed=0).indices(0).numpy()
     return frame.iloc[indices]
 
@@ -55,6 +57,30 @@ def test_source_class_balanced_equalises_cells(real_train: pd.DataFrame) -> None
     share = drawn.groupby(["source", "label"]).size() / len(drawn)
     assert len(share) == 14
     assert np.allclose(share.to_numpy(), 1 / 14, atol=0.004)
+
+
+def test_site_balanced_gives_each_of_the_seven_real_sites_a_seventh(real_train: pd.DataFrame) -> None:
+    drawn = _draw(real_train, "site_balanced")
+    share = (drawn["source"] + "/" + drawn["site"]).value_counts(normalize=True)
+    assert sorted(share.index) == ["ham/rosendahl", "ham/vidir_modern", "ham/vidir_molemax", "ham/vienna_dias",
+                                   "isic/archive", "isic/bcn", "isic/msk"]
+    assert np.allclose(share.to_numpy(), 1 / 7, atol=0.005)
+    # vienna_dias is 1.7 % of the pool and gets a seventh; within a site the class mix is kept
+    msk = drawn[drawn["site"] == "msk"]["label"].value_counts(normalize=True)
+    truth = real_train[real_train["site"] == "msk"]["label"].value_counts(normalize=True)
+    assert (msk - truth).abs().max() < 0.02
+
+
+def test_site_class_balanced_equalises_the_cells_present(real_train: pd.DataFrame) -> None:
+    drawn = _draw(real_train, "site_class_balanced")
+    cells = drawn.groupby(["source", "site", "label"]).size() / len(drawn)
+    present = real_train.groupby(["source", "site", "label"]).size()
+    assert len(cells) == len(present) and np.allclose(cells.to_numpy(), 1 / len(present), atol=0.004)
+
+
+def test_site_samplers_need_sites() -> None:
+    with pytest.raises(CrossdermError, match="needs each image's site"):
+        sampling_weights("site_balanced", np.array(["nv"]), np.array(["ham"]))
 
 
 def test_uniform_is_a_permutation() -> None:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from crossderm import __version__
 from crossderm.errors import CrossdermError
 
 # One module per command, in pipeline order (the order of `crossderm --help`): crossderm/cli/<command>.py.
-COMMANDS = ("synth", "prepare", "cv", "pool", "predict", "export", "evaluate", "report", "serve", "explain", "demo")
+COMMANDS = (
+    "download", "synth", "prepare", "cv", "pool", "predict", "export", "evaluate", "report", "ablate", "serve",
+    "explain", "demo",
+)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -38,6 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.formatwarning = _one_line_warning(args.command)
+        try:
+            return _run(args)
+        finally:
+            warnings.formatwarning = _DEFAULT_FORMATWARNING
+
+
+_DEFAULT_FORMATWARNING = warnings.formatwarning
+
+
+def _one_line_warning(command: str):  # noqa: ANN202 (the signature warnings.formatwarning expects)
+    def format_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+        return f"crossderm {command}: warning: {' '.join(str(message).split())}\n"
+
+    return format_warning
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.handler(args) or 0)
     except CrossdermError as exc:

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from crossderm.cli.options import add_bootstrap_options, check_bootstrap_options
+from crossderm.cli.options import add_bootstrap_options, add_threads_option, check_bootstrap_options
 
 EXPERIMENTS = ("demo_a_ham_only", "demo_b_joint")
 EPILOG = """examples:
@@ -36,40 +36,35 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
     add_bootstrap_options(parser, seed=False, reference=False)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_threads_option(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from crossderm.api import cross_validate, prepare_data, synthesize, write_report
     from crossderm.datafolder import AUDIT_MD, MANIFEST
-    from crossderm.prepare.pipeline import PrepareConfig, prepare
     from crossderm.prepare.sources import HAM_FOLDER, ISIC_FOLDER, ISIC_GROUND_TRUTH
-    from crossderm.report.build import write_report
-    from crossderm.synth.generator import generate
-    from crossderm.train.config import load_config
-    from crossderm.train.cv import run_cv
+    from crossderm.runtime import configure_threads
 
+    configure_threads(args.threads)
     check_bootstrap_options(args)
     started = time.perf_counter()
     raw, prepared, runs = args.out / "data" / "raw", args.out / "data" / "prepared", args.out / "runs"
     if not (raw / ISIC_FOLDER / ISIC_GROUND_TRUTH).is_file():
-        sizes = {k: v for k, v in (("ham_lesions", args.ham_lesions), ("isic_lesions", args.isic_lesions)) if v}
-        generate(raw, seed=0, overwrite=True, **sizes)
+        synthesize(raw, ham_lesions=args.ham_lesions or None, isic_lesions=args.isic_lesions or None, seed=0,
+                   overwrite=True)
     _step("synthetic data", raw, started)
     if not (prepared / MANIFEST).is_file():
-        prepare(
-            PrepareConfig(
-                out=prepared, ham=raw / HAM_FOLDER, isic=raw / ISIC_FOLDER, image_size=args.image_size, overwrite=True
-            )
-        )
+        prepare_data(prepared, ham=raw / HAM_FOLDER, isic=raw / ISIC_FOLDER, image_size=args.image_size,
+                     overwrite=True)
     print((prepared / AUDIT_MD).read_text())
     _step("prepared", prepared, started)
     run_dirs = []
     for name in EXPERIMENTS:
         overrides = [f"epochs={args.epochs}"] if args.epochs else []
         run_dir = runs / name
-        run_cv(
-            load_config(name, overrides), prepared, run_dir, resume=True, device=args.device, n_bootstrap=args.bootstrap
-        )
+        cross_validate(name, prepared, run_dir, overrides=overrides, resume=True, device=args.device,
+                       n_bootstrap=args.bootstrap)
         run_dirs.append(run_dir)
         _step(f"experiment {name}", run_dir, started)
     write_report(run_dirs, args.out / "report", overwrite=True)

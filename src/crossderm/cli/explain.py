@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from crossderm.cli.options import add_threads_option
 from crossderm.defaults import PREDICT_MAX_PIXELS
 from crossderm.errors import CrossdermError
 from crossderm.labels import CLASS_INDEX, CLASSES
@@ -31,21 +32,23 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the overlays")
     parser.add_argument("--class", dest="class_name", choices=CLASSES, help="explain this class, not the prediction")
     parser.add_argument("--device", default="cpu", help="torch device for the models")
+    add_threads_option(parser)
     parser.add_argument("--max-pixels", type=int, default=PREDICT_MAX_PIXELS,
                         help="refuse images whose header declares more pixels, before decoding")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossderm.fsutil import atomic_write_bytes
+    from crossderm.fsutil import atomic_write_bytes, check_writable_folder
     from crossderm.imaging import ImageError, decode
     from crossderm.predict.ensemble import Ensemble
     from crossderm.predict.gradcam import DISPLAY_SIZE, explain_image
+    from crossderm.runtime import configure_threads
 
+    configure_threads(args.threads)
     if args.max_pixels < 1:
         raise CrossdermError(f"--max-pixels must be at least 1, got {args.max_pixels}")
-    if args.out.exists() and not args.out.is_dir():
-        raise CrossdermError(f"--out {args.out}: is a file; give a folder for the overlays")
+    check_writable_folder(args.out, "--out")
     stems = [path.stem for path in args.images]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:

@@ -1,10 +1,10 @@
-"""Options several commands share, declared and checked once (bootstrap, seed, reference source)."""
+"""Options several commands share, declared and checked once (bootstrap, seed, reference source, threads)."""
 
 from __future__ import annotations
 
 import argparse
 
-from crossderm.defaults import BOOTSTRAP_SEED, N_BOOTSTRAP, REFERENCE_SOURCE
+from crossderm.defaults import BOOTSTRAP_SEED, GROUPINGS, MIN_GROUP_IMAGES, N_BOOTSTRAP, REFERENCE_SOURCE
 from crossderm.errors import CrossdermError
 
 
@@ -23,3 +23,40 @@ def check_bootstrap_options(args: argparse.Namespace) -> None:
         raise CrossdermError(f"--bootstrap must be at least 1, got {args.bootstrap}")
     if getattr(args, "seed", 0) < 0:
         raise CrossdermError(f"--seed must be non-negative, got {args.seed}")
+
+
+def add_group_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--by GROUP`` (repeatable): per-site / subgroup evaluation (crossderm.evaluate.groups)."""
+    parser.add_argument(
+        "--by",
+        action="append",
+        choices=GROUPINGS,
+        default=None,
+        metavar="GROUP",
+        help=f"{help} One of {', '.join(GROUPINGS)}; repeat for several. Groups of fewer than {MIN_GROUP_IMAGES} "
+        "images are shown as too few; blank values form the group 'missing'.",
+    )
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``, applied by ``crossderm.runtime.configure_threads`` first thing in the command's ``run``."""
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=0,
+        metavar="N|adaptive",
+        help="torch CPU threads; 0 = auto: the CPUs this process may use (affinity mask, cgroup CPU quota, "
+        "SLURM_CPUS_PER_TASK; OMP_NUM_THREADS when set), reproducible; adaptive: auto less the CPUs other "
+        "processes keep busy at the start (faster beside other jobs, not bit-reproducible across runs)",
+    )
+
+
+def _threads(value: str) -> int | str:
+    from crossderm.runtime import ADAPTIVE
+
+    if value == ADAPTIVE:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or {ADAPTIVE}, got {value!r}") from None

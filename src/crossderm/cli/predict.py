@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crossderm.cli.options import add_threads_option
 from crossderm.defaults import MAX_TTA_VIEWS, PREDICT_MAX_PIXELS, TTA_VIEW_CHOICES
 from crossderm.errors import CrossdermError
 
 if TYPE_CHECKING:
-    from crossderm.predict.batch import Predictor
+    from crossderm.api import Predictor
 
 PREDICT_EPILOG = """examples:
   crossderm predict --model runs/b images/ --out pred.csv                 # every fold, 4-view TTA
@@ -31,8 +32,11 @@ PREDICT_EPILOG = """examples:
 IMAGES: image files, folders (recursive: .jpg .jpeg .png .bmp .tif .tiff, sorted) or .csv lists with a
 path, image or image_id column (relative to the CSV's folder; a name without suffix is tried with each).
 
-output (--format crossderm): image_id (file stem), path, akiec bcc bkl df mel nv vasc, predicted, status
-(ok|error), error (one-line reason, empty when ok).
+output (--format crossderm): image_id (file stem), path, akiec bcc bkl df mel nv vasc, predicted,
+ood_msp ood_energy ood_mahalanobis (torch backend; higher = less like the training images; Mahalanobis 1.0 =
+the 95th percentile of the validation images), status (ok|error), error (one-line reason, empty when ok).
+A metadata model reads age, sex, anatom_site columns of a CSV list (blank = missing); --impute-metadata
+predicts images without them with every field missing.
 --format isic2019: image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK with akiec->AK, bcc->BCC, bkl->BKL, df->DF,
 mel->MEL, nv->NV, vasc->VASC (ham_to_isic_columns of the default ISIC->HAM map); SCC and UNK are 0.0 (the
 7-class models fold SCC into akiec and have no UNK). Failed images go to stderr only.
@@ -67,29 +71,39 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     parser.add_argument("--calibrated", action="store_true",
                         help="torch backend: apply the per-fold temperatures of RUN_DIR/calibration.json")
     parser.add_argument("--device", default="auto", help="torch backend: auto, cpu, cuda or cuda:N")
+    add_threads_option(parser)
     parser.add_argument("--max-pixels", type=int, default=PREDICT_MAX_PIXELS,
                         help="refuse images whose header declares more pixels, before decoding")
+    parser.add_argument("--impute-metadata", action="store_true",
+                        help="metadata model: predict an image without age/sex/anatom_site with every field missing "
+                        "(default: an error row)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossderm.fsutil import atomic_write_text
-    from crossderm.predict.batch import isic2019_table, predict_paths, prediction_table
-    from crossderm.predict.inputs import collect_inputs
+    from crossderm.fsutil import atomic_write_text, check_writable_file, output_lock
+    from crossderm.patient import METADATA_FIELDS
+    from crossderm.predict.batch import isic2019_table
+    from crossderm.predict.inputs import collect_inputs, listed_metadata
+    from crossderm.runtime import configure_threads
 
+    configure_threads(args.threads)
     if args.batch_size < 1:
         raise CrossdermError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_pixels < 1:
         raise CrossdermError(f"--max-pixels must be at least 1, got {args.max_pixels}")
-    if args.out.is_dir():
-        raise CrossdermError(f"--out {args.out}: is a folder; give a file name like pred.csv")
+    check_writable_file(args.out, "--out")
     paths = collect_inputs(args.images)
     predictor = load_predictor(args)
+    listed = listed_metadata(args.images)
+    metadata = [dict(zip(METADATA_FIELDS, listed[p], strict=True)) if p in listed else None for p in paths]
     started = time.perf_counter()
-    probs, errors = predict_paths(predictor, paths, args.tta, args.batch_size, args.max_pixels)
-    table = prediction_table(paths, probs, errors)
-    output = isic2019_table(table) if args.output_format == "isic2019" else table
-    atomic_write_text(args.out, output.to_csv(index=False, lineterminator="\n"))
+    with output_lock(args.out, "crossderm predict"):
+        table = predictor.predict(paths, tta=args.tta, batch_size=args.batch_size, max_pixels=args.max_pixels,
+                                  metadata=metadata, impute_metadata=args.impute_metadata)
+        output = isic2019_table(table) if args.output_format == "isic2019" else table
+        atomic_write_text(args.out, output.to_csv(index=False, lineterminator="\n"))
+    errors = table["error"].tolist()
     seconds = time.perf_counter() - started
 
     failed = [(path, error) for path, error in zip(paths, errors, strict=True) if error]
@@ -107,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
 
 def load_predictor(args: argparse.Namespace) -> Predictor:
     """The torch fold ensemble of --model, or the ONNX file of --onnx-model; usage errors are CrossdermErrors."""
+    from crossderm.api import Predictor
+    from crossderm.api import load_predictor as load_run
+
     if args.backend == "onnx":
         from crossderm.predict.onnx_backend import OnnxEnsemble, check_same_run
 
@@ -121,14 +138,10 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
         predictor = OnnxEnsemble(args.onnx_model)
         if args.model is not None:
             check_same_run(predictor.sidecar, args.model)
-        return predictor
-
-    from crossderm.predict.ensemble import Ensemble
-    from crossderm.runtime import Runtime
+        return Predictor(predictor)
 
     if args.onnx_model is not None:
         raise CrossdermError("--onnx-model needs --backend onnx")
     if args.model is None:
         raise CrossdermError("--model RUN_DIR is required (or --backend onnx --onnx-model FILE)")
-    device = Runtime.resolve(args.device).device
-    return Ensemble(args.model, args.fold, device=device, calibrated=args.calibrated)
+    return load_run(args.model, folds=args.fold, device=args.device, calibrated=args.calibrated)

@@ -78,5 +78,6 @@ def run(args: argparse.Namespace) -> int:
         per_class = " ".join(f"{site['classes'][c]['images']:>6}" for c in classes)
         print(f"  {name:<5} {site['lesions']:>7} {site['images']:>6}  {per_class}")
     msk = sites["msk"]
-    print(f"  msk: {msk['downsampled_images']} _downsampled images, {msk['blank_lesion_id_images']} without lesion_id")
+    print(f"  msk: {msk['downsampled_images']} _downsampled images, {msk['blank_lesion_id_images']} without lesion_id "
+          f"(the ISIC archive site, photographed in its own style)")
     return 0

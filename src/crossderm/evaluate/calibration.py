@@ -78,24 +78,28 @@ def _probs_and_labels(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def calibrate_run(run_dir: Path) -> dict:
     """Fit one temperature per fold on its validation predictions; ECE before/after per source on the OOF set.
 
-    Writes ``RUN_DIR/calibration.json`` (read by ``crossderm predict --calibrated`` and the report).
+    Rows that are a mean over several fold models (external sources, the site matrix: ``fold`` = -1) have no
+    single temperature; they are counted and left out of the ECE. Writes ``RUN_DIR/calibration.json`` (read by
+    ``crossderm predict --calibrated`` and the report).
     """
     run = RunFolder(run_dir)
     oof = pd.read_csv(run.oof_predictions, dtype={"image_id": str})
     temperatures: dict[str, float] = {}
-    calibrated = oof.copy()
-    for fold in sorted(oof["fold"].unique()):
+    for fold in run.expected_folds():
         val_path = run.fold(fold).val_predictions
         if not val_path.is_file():
             raise CrossdermError(f"{val_path}: missing (needed to fit the temperature of fold {fold})")
-        temperature = fit_temperature(*_probs_and_labels(pd.read_csv(val_path, dtype={"image_id": str})))
-        temperatures[str(fold)] = temperature
-        rows = (oof["fold"] == fold).to_numpy()
-        calibrated.loc[rows, list(CLASSES)] = apply_temperature(_probs_and_labels(oof[rows])[0], temperature)
+        temperatures[str(fold)] = fit_temperature(*_probs_and_labels(pd.read_csv(val_path, dtype={"image_id": str})))
+    single = oof[oof["fold"] >= 0]
+    calibrated = single.copy()
+    for fold, rows in single.groupby("fold"):
+        calibrated.loc[rows.index, list(CLASSES)] = apply_temperature(
+            _probs_and_labels(rows)[0], temperatures[str(fold)]
+        )
     per_source = {}
-    for source in sorted(oof["source"].unique()):
-        mask = (oof["source"] == source).to_numpy()
-        before, labels = _probs_and_labels(oof[mask])
+    for source in sorted(single["source"].unique()):
+        mask = (single["source"] == source).to_numpy()
+        before, labels = _probs_and_labels(single[mask])
         after, _ = _probs_and_labels(calibrated[mask])
         per_source[source] = {
             "n": int(mask.sum()),
@@ -109,6 +113,7 @@ def calibrate_run(run_dir: Path) -> dict:
         "n_bins": N_BINS,
         "temperature": temperatures,
         "sources": per_source,
+        "ensembled_rows_not_calibrated": int(len(oof) - len(single)),
     }
     atomic_write_json(run.calibration, result)
     return result

@@ -5,7 +5,7 @@ numpy/pandas are imported inside the functions so ``crossderm --help`` stays ins
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 ID_COLUMNS = ("image_id", "source", "label")
+# Kept when present, never required (crossderm.evaluate.groups): text stripped, age a number (blank = NaN).
+# train_site marks a site-matrix table, where an image appears once per training site.
+OPTIONAL_COLUMNS = ("site", "sex", "age", "anatom_site", "train_site")
 SUM_TOLERANCE = 1e-3
 
 
@@ -28,11 +31,32 @@ def evaluate_file(
     n_resamples: int = N_BOOTSTRAP,
     seed: int = BOOTSTRAP_SEED,
     reference_source: str = REFERENCE_SOURCE,
+    by: Sequence[str] | None = None,
+    site_matrix_predictions: Path | None = None,
+    ood: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Validate ``predictions``, evaluate it and write ``out/metrics.json`` + ``out/metrics.md``."""
-    from crossderm.fsutil import atomic_write_json, atomic_write_text
+    """Validate ``predictions``, evaluate it and write ``out/metrics.json`` + ``out/metrics.md``.
 
-    metrics = compute_metrics(load_predictions(predictions), n_resamples, seed, reference_source)
+    ``by``: the groupings (crossderm.defaults.GROUPINGS); None = per site when there is a site column. A grouping
+    asked for explicitly whose column the file lacks is an error. ``site_matrix_predictions`` (one row per
+    training site and image) adds the ``site_matrix`` section; ``ood`` (crossderm.evaluate.ood) the ``ood``
+    section.
+    """
+    from crossderm.evaluate.groups import check_group_columns, site_matrix
+    from crossderm.fsutil import atomic_write_json, atomic_write_text, check_writable_folder
+
+    check_writable_folder(out, "--out")
+
+    table = load_predictions(predictions)
+    if by is None:
+        by = ("site",)
+    else:
+        check_group_columns(table, by, predictions)
+    metrics = compute_metrics(table, n_resamples, seed, reference_source, by)
+    if site_matrix_predictions is not None:
+        metrics["site_matrix"] = site_matrix(load_predictions(site_matrix_predictions), n_resamples, seed)
+    if ood:
+        metrics["ood"] = ood
     markdown = render_markdown(metrics, predictions)
     atomic_write_json(out / METRICS_JSON, metrics)
     atomic_write_text(out / METRICS_MD, markdown)
@@ -44,14 +68,9 @@ def load_predictions(path: Path) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except FileNotFoundError:
-        raise CrossdermError(f"{at(path)}: no such file") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise CrossdermError(
-            f"{at(path)}: cannot read predictions CSV ({' '.join(str(exc).split())})"
-        ) from None
+    from crossderm.csvtable import read_table
+
+    raw, _ = read_table(path, "predictions CSV", strip=False, skip_blank=False)  # a blank line is a blank row
     missing = [c for c in (*ID_COLUMNS, *CLASSES) if c not in raw.columns]
     if missing:
         raise CrossdermError(
@@ -61,10 +80,13 @@ def load_predictions(path: Path) -> pd.DataFrame:
     if raw.empty:
         raise CrossdermError(f"{at(path)}: no prediction rows")
 
+    def line(i: int) -> int:
+        return int(raw.index[i])  # read_table indexes each row by its line in the file
+
     def fail_first(mask: np.ndarray | pd.Series, message: Callable[[int], str]) -> None:
         rows = np.flatnonzero(np.asarray(mask))
         if rows.size:
-            raise CrossdermError(f"{at(path, int(rows[0]) + 2)}: {message(int(rows[0]))}")
+            raise CrossdermError(f"{at(path, line(int(rows[0])))}: {message(int(rows[0]))}")
 
     for column in ("image_id", "source"):
         fail_first(raw[column].str.strip() == "", lambda i, column=column: f"blank {column}")
@@ -95,12 +117,35 @@ def load_predictions(path: Path) -> pd.DataFrame:
     def duplicate(i: int) -> str:
         image_id, source = raw["image_id"].iat[i], raw["source"].iat[i]
         first = np.flatnonzero((raw["image_id"] == image_id) & (raw["source"] == source))[0]
-        return f"image_id {image_id!r} in source {source!r} duplicates line {first + 2}"
+        return f"image_id {image_id!r} in source {source!r} duplicates line {line(first)}"
 
-    fail_first(raw.duplicated(["source", "image_id"]), duplicate)
+    optional = [c for c in OPTIONAL_COLUMNS if c in raw.columns]
+    if "train_site" in optional:  # a site-matrix table: each image once per training site
+
+        def duplicate_in_train_site(i: int) -> str:
+            same = (raw["image_id"] == raw["image_id"].iat[i]) & (raw["source"] == raw["source"].iat[i])
+            first = np.flatnonzero(same & (raw["train_site"] == raw["train_site"].iat[i]))[0]
+            return (
+                f"image_id {raw['image_id'].iat[i]!r} in source {raw['source'].iat[i]!r} duplicates line "
+                f"{line(first)} for train_site {raw['train_site'].iat[i]!r}"
+            )
+
+        fail_first(raw.duplicated(["train_site", "source", "image_id"]), duplicate_in_train_site)
+    else:
+        fail_first(raw.duplicated(["source", "image_id"]), duplicate)
     table = raw[list(ID_COLUMNS)].copy()
     table[list(CLASSES)] = probs
-    return table
+    for column in optional:
+        table[column] = raw[column].str.strip()
+    if "age" in optional:
+        blank = table["age"].str.lower().isin(["", "nan"])
+        ages = pd.to_numeric(table["age"].where(~blank), errors="coerce").to_numpy(dtype=np.float64)
+        fail_first(
+            ~blank & ~(np.isfinite(ages) & (ages >= 0)),
+            lambda i: f"age {raw['age'].iat[i]!r} is not a non-negative number (blank = missing)",
+        )
+        table["age"] = ages
+    return table.reset_index(drop=True)
 
 
 def source_rng(seed: int, source: str) -> np.random.Generator:
@@ -118,13 +163,17 @@ def compute_metrics(
     n_resamples: int = N_BOOTSTRAP,
     seed: int = BOOTSTRAP_SEED,
     reference_source: str = REFERENCE_SOURCE,
+    by: Sequence[str] = ("site",),
 ) -> dict[str, Any]:
     """metrics.json content: ``sources`` (one section each, in order of appearance), ``gaps`` (the reference
-    source minus each other source, when the reference is present) and the bootstrap setup.
+    source minus each other source, when the reference is present) and the bootstrap setup; then for the
+    groupings of ``by`` whose column the table has, ``sites`` / ``site_summary`` / ``subgroups`` / ``groups``
+    (:func:`crossderm.evaluate.groups.group_metrics`; the sections above never depend on ``by``).
 
     Each source's rows are sorted by image_id before resampling, so results do not depend on row order.
     """
     from crossderm.defaults import CI_LEVEL
+    from crossderm.evaluate.groups import group_metrics
     from crossderm.evaluate.metrics import evaluate_source, gap_name, generalisation_gap
     from crossderm.labels import label_indices
 
@@ -146,6 +195,7 @@ def compute_metrics(
         "reference_source": reference_source,
         "gaps": gaps,
         "bootstrap": {"n_resamples": n_resamples, "seed": seed, "ci": CI_LEVEL, "method": "percentile"},
+        **group_metrics(table, n_resamples, seed, by),
     }
 
 
@@ -159,7 +209,9 @@ def _cell(entry: dict[str, float | None] | None) -> str:
 
 
 def render_markdown(metrics: dict[str, Any], predictions: Path) -> str:
-    """Readable summary of metrics.json: headline table, per-class table and confusion matrix per source."""
+    """Readable summary of metrics.json: headline table, per-class table and confusion matrix per source, the
+    gaps, then the per-site, subgroup and site-matrix tables where metrics.json has them."""
+    from crossderm.evaluate.groups import render_group_markdown
     from crossderm.evaluate.metrics import HEADLINE_METRICS
 
     setup = metrics["bootstrap"]
@@ -192,4 +244,9 @@ def render_markdown(metrics: dict[str, Any], predictions: Path) -> str:
     if not metrics["gaps"]:
         lines += ["", f"No generalisation gap: the reference source {metrics['reference_source']!r} is not in "
                   "the predictions, or it is the only source."]
+    lines += render_group_markdown(metrics)
+    if metrics.get("ood"):
+        from crossderm.evaluate.ood import render_ood
+
+        lines += render_ood(metrics["ood"])
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from crossderm.colour import ColorConstancy
 from crossderm.defaults import MAX_TTA_VIEWS
 from crossderm.errors import CrossdermError, validation_message
 from crossderm.fsutil import atomic_write_json, read_json, sha256_file
@@ -41,6 +42,11 @@ class ModelCard(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     best_epoch: int
     val_score: float
+    color_constancy: ColorConstancy = "none"  # applied to the decoded pixels before the model
+    metadata: bool = False  # the model takes crossderm.patient's metadata encoding as a second input
+    ood_statistics: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+\.safetensors$")
+    ood_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    held_out_classes: list[str] = Field(default_factory=list)
 
     @field_validator("classes")
     @classmethod

@@ -13,6 +13,7 @@ from torch import nn
 
 from crossderm.errors import CrossdermError
 from crossderm.models import fusion  # noqa: F401  (registers the crossderm_fusion_* models with timm)
+from crossderm.models.metadata_fusion import MetadataFusion
 from crossderm.models.pretrained import PretrainedPath, timm_model
 
 
@@ -23,12 +24,17 @@ def create_model(
     pretrained_path: PretrainedPath = None,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
+    metadata: bool = False,
 ) -> nn.Module:
     """Build ``name`` from timm's registry (ours included). Never falls back to random init silently.
 
     ``pretrained_path`` is one safetensors file for a single backbone, or ``{backbone_name: file}`` for the
-    fusion models.
+    fusion models. ``metadata``: wrap the model in :class:`MetadataFusion` (it then takes age, sex and
+    anatomical site as a second input).
     """
+    if metadata:
+        backbone = create_model(name, 0, pretrained, pretrained_path, drop_rate, drop_path_rate)
+        return MetadataFusion(backbone, num_classes, drop_rate=drop_rate)
     if name not in timm.list_models() and not timm.is_model(name):
         raise CrossdermError(f"unknown model {name!r} (any timm model name, or one of {fusion_models()})")
     if name.startswith("crossderm_fusion_"):

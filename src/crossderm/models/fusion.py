@@ -50,7 +50,8 @@ class DualBackboneFusion(nn.Module):
         self.fc1 = nn.Linear(self.num_features, hidden)
         self.act = nn.GELU()
         self.head_drop = nn.Dropout(drop_rate)
-        self.fc2 = nn.Linear(hidden, num_classes)
+        self.head_hidden_size = hidden  # what forward_head(pre_logits=True) returns (timm's attribute name)
+        self.fc2 = nn.Linear(hidden, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([b.forward_head(b.forward_features(x), pre_logits=True) for b in self.backbones], dim=1)

@@ -25,6 +25,7 @@ from crossderm.errors import CrossdermError
 from crossderm.imaging import DecodedImage
 from crossderm.labels import CLASSES
 from crossderm.models.fusion import DualBackboneFusion
+from crossderm.models.metadata_fusion import MetadataFusion, WithFixedMetadata
 from crossderm.predict.ensemble import Ensemble
 
 MIN_GRID = 4
@@ -38,14 +39,19 @@ class Explanation(NamedTuple):
     class_name: str
 
 
+def _backbones(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """(dotted prefix, timm backbone) of every image backbone inside ``model``."""
+    if isinstance(model, MetadataFusion):
+        return _backbones(model.backbone, f"{prefix}backbone.")
+    if isinstance(model, DualBackboneFusion):
+        return [(f"{prefix}backbones.{i}.", b) for i, b in enumerate(model.backbones)]
+    return [(prefix, model)]
+
+
 def target_layer_names(model: nn.Module, image_size: int) -> list[str]:
     """Dotted module names of the Grad-CAM layers of ``model`` at ``image_size`` (one per backbone)."""
-    if isinstance(model, DualBackboneFusion):
-        backbones = [(f"backbones.{i}.", b) for i, b in enumerate(model.backbones)]
-    else:
-        backbones = [("", model)]
     names = []
-    for prefix, backbone in backbones:
+    for prefix, backbone in _backbones(model):
         stages = getattr(backbone, "feature_info", None)
         if not stages:
             raise CrossdermError(f"{type(backbone).__name__} has no timm feature_info; cannot choose a Grad-CAM layer")
@@ -66,12 +72,17 @@ def _weights_frozen(model: nn.Module) -> Iterator[None]:
             param.requires_grad_(flag)
 
 
-def model_cam(model: nn.Module, images: torch.Tensor, class_index: int, image_size: int) -> np.ndarray:
-    """One model's Grad-CAM (H, W) in [0, 1] for ``class_index`` of a normalised (1, 3, H, W) batch."""
+def model_cam(
+    model: nn.Module, images: torch.Tensor, class_index: int, image_size: int, metadata: torch.Tensor | None = None
+) -> np.ndarray:
+    """One model's Grad-CAM (H, W) in [0, 1] for ``class_index`` of a normalised (1, 3, H, W) batch; a metadata
+    model is explained for the image's own ``metadata`` (held fixed)."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     layers = [model.get_submodule(name) for name in target_layer_names(model, image_size)]
+    if metadata is not None:
+        model = WithFixedMetadata(model, metadata)
     cam = GradCAM(model=model, target_layers=layers)
     try:
         with _weights_frozen(model), torch.enable_grad():
@@ -84,10 +95,13 @@ def model_cam(model: nn.Module, images: torch.Tensor, class_index: int, image_si
     return heatmap
 
 
-def ensemble_cam(ensemble: Ensemble, pixels: np.ndarray, class_index: int) -> np.ndarray:
+def ensemble_cam(
+    ensemble: Ensemble, pixels: np.ndarray, class_index: int, metadata: np.ndarray | None = None
+) -> np.ndarray:
     """Mean of the fold models' CAMs for one uint8 (S, S, 3) image at the ensemble's input size, in [0, 1]."""
-    images = ensemble.preprocess(pixels[None])
-    cams = [model_cam(m.model, images, class_index, ensemble.image_size) for m in ensemble.members]
+    inputs = ensemble.inputs(pixels[None], None if metadata is None else metadata[None])
+    images, meta = inputs if isinstance(inputs, tuple) else (inputs, None)
+    cams = [model_cam(m.model, images, class_index, ensemble.image_size, meta) for m in ensemble.members]
     mean = np.mean(cams, axis=0, dtype=np.float64)
     span = mean.max() - mean.min()
     return ((mean - mean.min()) / span if span > 0 else np.zeros_like(mean)).astype(np.float32)
@@ -115,13 +129,14 @@ def gradcam_overlay(
     pixels: np.ndarray,
     class_index: int | None = None,
     display: Image.Image | None = None,
+    metadata: np.ndarray | None = None,
 ) -> Explanation:
     """Grad-CAM of one uint8 (H, W, 3) image: heatmap (H, W) in [0, 1], overlay and the explained class.
 
     ``pixels`` should come from :func:`crossderm.imaging.load_image` at ``ensemble.image_size``, as in
     training; other sizes are resized to it for the model. ``class_index`` defaults to the ensemble's
     prediction (with the run's TTA views). The overlay is drawn on ``display`` (e.g. a larger crop of the
-    same image) or, by default, on ``pixels``.
+    same image) or, by default, on ``pixels``. ``metadata``: one image's encoded metadata, for a metadata model.
     """
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"expected uint8 (H, W, 3) pixels, got {pixels.dtype} {pixels.shape}")
@@ -130,10 +145,11 @@ def gradcam_overlay(
     if pixels.shape[:2] != (size, size):
         model_pixels = np.array(Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC))
     if class_index is None:
-        class_index = int(ensemble.predict(model_pixels[None], views=ensemble.card.tta)[0].argmax())
+        meta = None if metadata is None else metadata[None]
+        class_index = int(ensemble.predict(model_pixels[None], views=ensemble.card.tta, metadata=meta)[0].argmax())
     if not 0 <= class_index < len(CLASSES):
         raise ValueError(f"class index must be 0..{len(CLASSES) - 1}, got {class_index}")
-    heatmap = _resize(ensemble_cam(ensemble, model_pixels, class_index), (pixels.shape[1], pixels.shape[0]))
+    heatmap = _resize(ensemble_cam(ensemble, model_pixels, class_index, metadata), (pixels.shape[1], pixels.shape[0]))
     background = display if display is not None else Image.fromarray(pixels)
     return Explanation(heatmap, overlay(background, heatmap), CLASSES[class_index])
 
@@ -146,15 +162,22 @@ class ExplainedImage:
     predicted: int
     explanation: Explanation
     png: bytes
+    ood: dict[str, float]
 
 
-def explain_image(ensemble: Ensemble, image: DecodedImage, class_index: int | None = None) -> ExplainedImage:
-    """Predict one decoded image (the run's TTA views), then Grad-CAM of ``class_index`` (default: the
-    prediction) drawn on the image's display crop, encoded as PNG."""
-    probs = ensemble.predict(image.pixels[None], views=ensemble.card.tta)[0]
-    predicted = int(probs.argmax())
+def explain_image(
+    ensemble: Ensemble, image: DecodedImage, class_index: int | None = None, metadata: np.ndarray | None = None
+) -> ExplainedImage:
+    """Predict one decoded image (the run's TTA views) with its OOD scores, then Grad-CAM of ``class_index``
+    (default: the prediction) drawn on the image's display crop, encoded as PNG. ``metadata``: the image's
+    encoded metadata (crossderm.patient), for a metadata model."""
+    meta = None if metadata is None else metadata[None]
+    probs, ood = ensemble.predict_with_ood(image.pixels[None], views=ensemble.card.tta, metadata=meta)
+    predicted = int(probs[0].argmax())
     target = predicted if class_index is None else class_index
-    explanation = gradcam_overlay(ensemble, image.pixels, class_index=target, display=image.display)
+    explanation = gradcam_overlay(ensemble, image.pixels, class_index=target, display=image.display,
+                                  metadata=metadata)
     buffer = io.BytesIO()
     explanation.overlay.save(buffer, format="PNG")
-    return ExplainedImage(probs, predicted, explanation, buffer.getvalue())
+    return ExplainedImage(probs[0], predicted, explanation, buffer.getvalue(),
+                          {name: float(values[0]) for name, values in ood.items()})

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crossderm.errors import CrossdermError, at
+from crossderm.patient import METADATA_FIELDS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 CSV_COLUMNS = ("path", "image", "image_id")
@@ -65,6 +66,25 @@ def read_image_list(csv_path: Path) -> list[Path]:
             raise CrossdermError(f"{at(csv_path, row)}: blank {column}")
         paths.append(_resolve(csv_path.parent / entry))
     return paths
+
+
+def listed_metadata(arguments: Sequence[str | Path]) -> dict[Path, tuple[str, str, str]]:
+    """(age, sex, anatom_site) of every image listed in a ``.csv`` argument that has those columns (blank =
+    missing): what a metadata-fusion model needs besides the pixels."""
+    import pandas as pd
+
+    values: dict[Path, tuple[str, str, str]] = {}
+    for argument in arguments:
+        path = Path(argument)
+        if path.suffix.lower() != ".csv" or path.is_dir():
+            continue
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=True)
+        fields = [c for c in METADATA_FIELDS if c in table.columns]
+        if not fields:
+            continue
+        for image, (_, row) in zip(read_image_list(path), table.iterrows(), strict=True):
+            values[image] = tuple(row.get(field, "").strip() for field in METADATA_FIELDS)
+    return values
 
 
 def _resolve(path: Path) -> Path:

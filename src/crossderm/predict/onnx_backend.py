@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossderm.colour import apply_color_constancy
 from crossderm.errors import CrossdermError
 from crossderm.fsutil import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from crossderm.labels import CLASSES
@@ -112,6 +113,7 @@ def export_onnx(ensemble: Ensemble, out: Path, opset: int = 17) -> dict[str, Any
         "image_size": size,
         "mean": list(ensemble.card.mean),
         "std": list(ensemble.card.std),
+        "color_constancy": ensemble.card.color_constancy,
         "classes": list(CLASSES),
         "folds": list(ensemble.folds),
         "weights_sha256": {str(m.card.fold): m.card.sha256 for m in ensemble.members},
@@ -174,7 +176,8 @@ class OnnxEnsemble:
 
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> normalised float32 (N, 3, H, W) by the same code as ``Ensemble.preprocess``."""
-        return self.normalise(to_unit_float(torch.from_numpy(np.ascontiguousarray(pixels)))).numpy()
+        pixels = apply_color_constancy(np.ascontiguousarray(pixels), self.sidecar.get("color_constancy", "none"))
+        return self.normalise(to_unit_float(torch.from_numpy(np.array(pixels)))).numpy()
 
     def predict(self, pixels: np.ndarray, views: int = 4) -> np.ndarray:
         """Class probabilities (N, 7): the graph's fold mean, averaged over ``views`` flip views."""

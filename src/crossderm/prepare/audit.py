@@ -100,6 +100,11 @@ def _images_per_lesion(table: pd.DataFrame) -> dict[str, dict]:
     return out
 
 
+def _site_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Images per ``source/site`` x class (the sites the per-site and leave-one-site-out evaluations use)."""
+    return _counts(table.assign(source=table["source"] + "/" + table["site"]))
+
+
 def _counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for source, part in table.groupby("source"):
@@ -127,7 +132,8 @@ def build_audit(
                 "metadata_files": r.metadata_files,
                 "metadata_rows": r.rows,
                 **({"overlap_removed": r.removed} if r.removed else {}),
-                **({"dropped_unmapped_labels": r.dropped_labels} if r.removed else {}),
+                **({"dropped_unmapped_labels": r.dropped_labels} if r.removed or r.dropped_labels else {}),
+                **({"sites_from_file": r.sites_from_file} if r.sites_from_file else {}),
             }
             for name, r in reports.items()
         },
@@ -138,9 +144,10 @@ def build_audit(
             "examples": missing["image_id"].head(EXAMPLES).tolist(),
         },
         "images": _counts(kept),
-        "sites": {
-            source: {k: int(v) for k, v in part["site"].value_counts().items()}
-            for source, part in kept.groupby("source")
+        "sites": _site_counts(kept),
+        "metadata_missing": {
+            column: {source: int((part[column] == "").sum()) for source, part in kept.groupby("source")}
+            for column in ("age", "sex", "anatom_site")
         },
         "per_fold": {
             f"{source}/{label}": {str(f): int(n) for f, n in row.items()} for (source, label), row in folds.iterrows()
@@ -176,8 +183,10 @@ def render_audit(audit: dict) -> str:
                 f"(by HAM image id {removed['by_ham_image_id']}, by `HAM_` lesion prefix "
                 f"{removed['by_ham_lesion_prefix']}, by id range {removed['by_ham_id_range']})"
             )
-            dropped = info.get("dropped_unmapped_labels") or {}
-            lines.append(f"  - dropped by the label map: {dropped or 'none'}")
+        if "dropped_unmapped_labels" in info:
+            lines.append(f"  - dropped by the label map: {info['dropped_unmapped_labels'] or 'none'}")
+        if info.get("sites_from_file"):
+            lines.append(f"  - site taken from the --sites file for {info['sites_from_file']} images")
     lines += ["", "## Labelled images after harmonisation (metadata)", "", _table(audit["labelled_images"])]
     missing = audit["missing_images"]
     lines += ["", f"## Missing image files: {missing['total']}", ""]
@@ -192,8 +201,8 @@ def render_audit(audit: dict) -> str:
             f"(mean {info['mean_images_per_group']}, max {info['max_images_per_group']} images per group; "
             f"{info['images_with_lesion_id']} images carry a lesion id)"
         )
-    lines += ["", "## Sites", ""]
-    lines += [f"- {source}: {sites}" for source, sites in audit["sites"].items()]
+    lines += ["", "## Images per site and class", "", _table(audit["sites"]), "", "## Missing metadata (images)", ""]
+    lines += ["```", pd.DataFrame(audit["metadata_missing"]).to_string(), "```"]
     grouping = audit["lesion_grouping"]
     lines += ["", f"## Lesion grouping: {grouping['check']} ({grouping['groups']} groups; {grouping['rule']})"]
     dup = audit["near_duplicates"]

@@ -1,7 +1,10 @@
 """Readers for the official HAM10000 and ISIC 2019 downloads, harmonised to one table.
 
-Both readers return one row per labelled image with the columns
-``image_id, source, site, label, original_label, lesion_id, path`` (``path`` empty when the file is absent).
+Both readers return one row per labelled image with the columns of ``TABLE_COLUMNS`` (``path`` empty when the
+file is absent; ``age``, ``sex``, ``anatom_site`` harmonised by :mod:`crossderm.prepare.metadata`, blank when
+missing). Sites: HAM10000's ``dataset`` column (in the newer Dataverse metadata, see ``--ham-metadata``) and
+ISIC 2019's lesion-id prefix (``BCN_`` -> bcn, ``MSK...`` -> msk; no lesion id -> ``archive``, the older ISIC
+archive images); a ``--sites`` file overrides both.
 They accept the files as distributed: CRLF line endings, float one-hots (``1.0``), ``_downsampled`` ids,
 blank ages and blank lesion ids. Anything malformed is a :class:`CrossdermError` naming the file and line.
 """
@@ -15,8 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from crossderm.csvtable import read_table
 from crossderm.errors import CrossdermError, at
 from crossderm.labels import CLASSES, ISIC2019_COLUMNS
+from crossderm.prepare.metadata import (
+    HAM_LOCALIZATION,
+    ISIC_ANATOM_SITE,
+    harmonise_age,
+    harmonise_anatom_site,
+    harmonise_sex,
+)
 
 # The official downloads' file names. ``synth`` writes, and ``download`` unpacks into, folders named
 # HAM_FOLDER and ISIC_FOLDER holding exactly these.
@@ -30,7 +41,11 @@ ISIC_IMAGE_FOLDER = "ISIC_2019_Training_Input"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # HAM10000 is exactly ISIC_0024306..ISIC_0034320 in the ISIC archive (10,015 consecutive ids).
 HAM_ID_RANGE = (24306, 34320)
-TABLE_COLUMNS = ["image_id", "source", "site", "label", "original_label", "lesion_id", "path"]
+TABLE_COLUMNS = [
+    "image_id", "source", "site", "label", "original_label", "lesion_id", "age", "sex", "anatom_site", "path",
+]
+UNKNOWN_SITE = "unknown"
+ISIC_ARCHIVE_SITE = "archive"
 
 
 @dataclass
@@ -41,31 +56,27 @@ class SourceReport:
     rows: int = 0
     removed: dict[str, int] = field(default_factory=dict)
     dropped_labels: dict[str, int] = field(default_factory=dict)
+    sites_from_file: int = 0
 
 
 def read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    """Read every cell as a string (ids like ``ISIC_0000000`` and blank cells stay as they are)."""
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise CrossdermError(f"{path}: cannot parse CSV ({str(exc).splitlines()[0]})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    """Every cell as a string, stripped (ids like ``ISIC_0000000`` and blank cells stay as they are); blank rows are
+    skipped and each row is indexed by its line in the file (:func:`crossderm.csvtable.read_table`)."""
+    frame, header_line = read_table(path)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise CrossdermError(
-            f"{at(path, 1)}: missing column(s) {', '.join(missing)} (have: {', '.join(frame.columns)})"
+            f"{at(path, header_line)}: missing column(s) {', '.join(missing)} (have: {', '.join(frame.columns)})"
         )
-    for column in frame.columns:
-        frame[column] = frame[column].str.strip()
     return frame
 
 
 def _line(index: int) -> int:
-    """File line of a data row: line 1 is the header."""
-    return int(index) + 2
+    """File line of a data row: :func:`read_csv` indexes each row by its line."""
+    return int(index)
 
 
-def _check_unique_ids(frame: pd.DataFrame, column: str, path: Path) -> None:
+def check_unique_ids(frame: pd.DataFrame, column: str, path: Path) -> None:
     blank = frame.index[frame[column] == ""]
     if len(blank):
         raise CrossdermError(f"{at(path, _line(blank[0]))}: blank {column}")
@@ -98,25 +109,33 @@ def _attach_paths(frame: pd.DataFrame, images: dict[str, Path]) -> pd.DataFrame:
     return frame
 
 
-def read_ham10000(ham: Path) -> tuple[pd.DataFrame, SourceReport]:
-    """HAM10000: ``HAM10000_metadata.csv`` (with or without ``dataset``) and images in any subfolder."""
+def read_ham10000(ham: Path, metadata: Path | None = None) -> tuple[pd.DataFrame, SourceReport]:
+    """HAM10000: ``HAM10000_metadata.csv`` (with or without ``dataset``) and images in any subfolder.
+
+    ``metadata`` replaces the download's own metadata file, e.g. the newer Dataverse release with the
+    ``dataset`` (acquisition site) column that the Kaggle copy lacks.
+    """
     ham = Path(ham)
     if ham.is_file():
-        metadata, root = ham, ham.parent
+        found, root = ham, ham.parent
     else:
         candidates = [ham / n for n in HAM_METADATA_NAMES if (ham / n).is_file()]
-        if not candidates:
+        if not candidates and metadata is None:
             raise CrossdermError(f"{ham}: no {HAM_METADATA_NAMES[0]} here (pass the HAM10000 download folder)")
-        metadata, root = candidates[0], ham
+        found, root = (candidates or [None])[0], ham
+    metadata = Path(metadata) if metadata is not None else found
+    if not metadata.is_file():
+        raise CrossdermError(f"{metadata}: no such HAM10000 metadata file")
     frame = read_csv(metadata, ("lesion_id", "image_id", "dx"))
-    _check_unique_ids(frame, "image_id", metadata)
+    check_unique_ids(frame, "image_id", metadata)
     unknown = frame.index[~frame["dx"].isin(CLASSES)]
     if len(unknown):
         row = unknown[0]
         raise CrossdermError(
             f"{at(metadata, _line(row))}: unknown dx {frame.loc[row, 'dx']!r} (expected one of {', '.join(CLASSES)})"
         )
-    site = frame["dataset"].replace("", "unknown") if "dataset" in frame.columns else "unknown"
+    site = frame["dataset"].replace("", UNKNOWN_SITE) if "dataset" in frame.columns else UNKNOWN_SITE
+    blank = pd.Series("", index=frame.index)
     table = pd.DataFrame(
         {
             "image_id": frame["image_id"],
@@ -125,15 +144,18 @@ def read_ham10000(ham: Path) -> tuple[pd.DataFrame, SourceReport]:
             "label": frame["dx"],
             "original_label": frame["dx"],
             "lesion_id": frame["lesion_id"],
+            "age": harmonise_age(frame.get("age", blank), metadata),
+            "sex": harmonise_sex(frame.get("sex", blank), metadata),
+            "anatom_site": harmonise_anatom_site(frame.get("localization", blank), HAM_LOCALIZATION, metadata),
         }
     )
     table = _attach_paths(table, index_images(root))
     report = SourceReport(metadata_files=[str(metadata)], rows=len(frame))
-    return table[TABLE_COLUMNS], report
+    return table[TABLE_COLUMNS].reset_index(drop=True), report
 
 
 def _isic_site(lesion_id: str) -> str:
-    """Acquisition site from the ISIC 2019 lesion id prefix (BCN_, MSK*_, HAM_); blank -> unknown."""
+    """Acquisition site from the ISIC 2019 lesion id prefix (BCN_, MSK*_, HAM_); blank -> the ISIC archive."""
     prefix = lesion_id.split("_", 1)[0].upper() if lesion_id else ""
     if prefix == "BCN":
         return "bcn"
@@ -141,7 +163,7 @@ def _isic_site(lesion_id: str) -> str:
         return "msk"
     if prefix == "HAM":
         return "ham"
-    return "unknown"
+    return ISIC_ARCHIVE_SITE if not lesion_id else UNKNOWN_SITE
 
 
 def _base_number(image_id: str) -> int | None:
@@ -164,11 +186,17 @@ def read_isic2019(
         if not path.is_file():
             raise CrossdermError(f"{path}: not found (pass the folder holding the ISIC 2019 training CSVs)")
     truth = read_csv(truth_path, ("image", *ISIC2019_COLUMNS))
-    _check_unique_ids(truth, "image", truth_path)
+    check_unique_ids(truth, "image", truth_path)
     onehot = _parse_onehot(truth, truth_path)
     meta = read_csv(meta_path, ("image", "lesion_id"))
-    _check_unique_ids(meta, "image", meta_path)
+    check_unique_ids(meta, "image", meta_path)
     lesion_of = dict(zip(meta["image"], meta["lesion_id"], strict=True))
+    blank = pd.Series("", index=meta.index)
+    patient = pd.DataFrame({
+        "age": harmonise_age(meta.get("age_approx", blank), meta_path),
+        "sex": harmonise_sex(meta.get("sex", meta.get("gender", blank)), meta_path),
+        "anatom_site": harmonise_anatom_site(meta.get("anatom_site_general", blank), ISIC_ANATOM_SITE, meta_path),
+    }).set_index(meta["image"])
     absent = truth.index[~truth["image"].isin(lesion_of.keys())]
     if len(absent):
         row = absent[0]
@@ -181,6 +209,7 @@ def read_isic2019(
     table["lesion_id"] = table["image_id"].map(lesion_of)
     table["source"] = "isic"
     table["site"] = table["lesion_id"].map(_isic_site)
+    table = table.join(patient, on="image_id")
 
     base_ids = table["image_id"].str.removesuffix("_downsampled")
     numbers = table["image_id"].map(_base_number)
@@ -213,12 +242,16 @@ def _parse_onehot(truth: pd.DataFrame, path: Path) -> np.ndarray:
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise CrossdermError(f"{at(path, _line(row))}: {ISIC2019_COLUMNS[col]}={raw.iat[row, col]!r} is not 0 or 1")
+        raise CrossdermError(
+            f"{at(path, _line(truth.index[row]))}: {ISIC2019_COLUMNS[col]}={raw.iat[row, col]!r} is not 0 or 1"
+        )
     sums = values.sum(axis=1)
     wrong = np.flatnonzero(sums != 1)
     if len(wrong):
         row = wrong[0]
         labels = [c for c, v in zip(ISIC2019_COLUMNS, values[row], strict=True) if v == 1]
         what = f"{len(labels)} labels ({', '.join(labels)})" if labels else "no label"
-        raise CrossdermError(f"{at(path, _line(row))}: image {truth.at[row, 'image']!r} has {what}; expected one")
+        raise CrossdermError(
+            f"{at(path, _line(truth.index[row]))}: image {truth['image'].iat[row]!r} has {what}; expected one"
+        )
     return values

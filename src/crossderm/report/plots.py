@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from crossderm.labels import CLASSES
+from crossderm.report.groups import Cells, RunGroups, matrix_tests
 from crossderm.report.runs import Run, report_sources
 from crossderm.report.tables import source_label
 
@@ -141,10 +142,89 @@ def plot_reliability(run: Run, calibration: dict[str, Any], filename: str) -> Pl
     return Plot(filename, f"Reliability diagrams of {run.name}, before and after temperature scaling.", _png(fig))
 
 
-def build_plots(runs: list[Run], ci: float) -> list[Plot]:
-    """Per-class F1 of all runs, then per run: reliability (if calibrated), confusions, curves (if any)."""
+def _error_bars(entries: list[dict[str, Any] | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Values (NaN where none) and the (2, n) distances to the CI ends (0 where none)."""
+    values = np.array([np.nan if e is None or e.get("value") is None else e["value"] for e in entries])
+    low = [0.0 if e is None or e.get("ci_low") is None else e["value"] - e["ci_low"] for e in entries]
+    high = [0.0 if e is None or e.get("ci_high") is None else e["ci_high"] - e["value"] for e in entries]
+    return values, np.vstack([low, high])
+
+
+def plot_site_f1(runs: list[Run], groups: dict[str, RunGroups], ci: float) -> Plot | None:
+    """Per-site macro-F1 with CI bars: one bar group per site, one bar per run; "few" marks a too-few cell."""
+    from matplotlib.figure import Figure
+
+    with_sites = [run for run in runs if groups[run.name].sites]
+    if not with_sites:
+        return None
+    keys = list(dict.fromkeys(key for run in with_sites for key in groups[run.name].sites))
+    fig = Figure(figsize=(2.5 + 0.45 * len(keys) * (1 + len(with_sites)), 4.4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(with_sites)
+    for r, run in enumerate(with_sites):
+        cells = [groups[run.name].sites.get(key) for key in keys]
+        values, errors = _error_bars([None if c is None else c.get("macro_f1") for c in cells])
+        x = np.arange(len(keys)) + (r - (len(with_sites) - 1) / 2) * width
+        ax.bar(x, values, width, yerr=errors, capsize=2, label=run.name)
+        for xi, cell in zip(x, cells, strict=True):
+            if cell is not None and cell.get("too_few"):
+                ax.text(xi, 0.02, f"few ({cell['n']})", rotation=90, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
+    ax.set(ylim=(0, 1), ylabel="macro-F1", title="macro-F1 per site")
+    ax.legend(fontsize=8, loc="upper left")
+    return Plot(
+        "site_macro_f1.png",
+        f"Macro-F1 per site ('<source>/<site>') with {ci:.0%} bootstrap CIs (error bars); 'few (n)' = too few "
+        "images for a value; no bar = site not tested by that run.",
+        _png(fig),
+    )
+
+
+def plot_site_matrix(run: Run, matrix: dict[str, Cells], filename: str) -> Plot:
+    """Heatmap of macro-F1, training site x test site; grey = not predicted or too few images."""
+    import matplotlib as mpl
+    from matplotlib.figure import Figure
+
+    trains, tests = list(matrix), matrix_tests(matrix)
+    values = np.full((len(trains), len(tests)), np.nan)
+    fig = Figure(figsize=(2.5 + 1.1 * len(tests), 1.8 + 0.6 * len(trains)), layout="constrained")
+    ax = fig.subplots()
+    for i, train in enumerate(trains):
+        for j, test in enumerate(tests):
+            cell = matrix[train].get(test)
+            entry = None if cell is None or cell.get("too_few") else cell.get("macro_f1")
+            if entry is not None and entry.get("value") is not None:
+                values[i, j] = entry["value"]
+            label = "" if cell is None else "few" if cell.get("too_few") else f"{values[i, j]:.2f}"
+            dark = not np.isnan(values[i, j]) and values[i, j] < 0.5  # viridis is dark below the middle
+            ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    cmap = mpl.colormaps["viridis"].with_extremes(bad="#dddddd")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1)
+    ax.set_xticks(range(len(tests)), tests, rotation=30, ha="right")
+    ax.set_yticks(range(len(trains)), trains)
+    ax.set(xlabel="test site", ylabel="training site", title=f"{run.name}: macro-F1, train site x test site")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="macro-F1")
+    return Plot(
+        filename,
+        f"Site matrix of {run.name}: macro-F1 of each training site's model on each test site (grey = not "
+        "predicted or too few images; CIs in the table).",
+        _png(fig),
+    )
+
+
+def build_plots(runs: list[Run], ci: float, groups: dict[str, RunGroups] | None = None) -> list[Plot]:
+    """Per-class F1 of all runs, per-site macro-F1 (if any run has sites), then per run: site matrix (if any),
+    reliability (if calibrated), confusions, curves (if any)."""
     numbered = list(enumerate(runs, 1))
     plots = [plot_per_class_f1(runs, ci)]
+    if groups:
+        site_plot = plot_site_f1(runs, groups, ci)
+        plots += [] if site_plot is None else [site_plot]
+        plots += [
+            plot_site_matrix(run, groups[run.name].site_matrix, f"site_matrix_{_slug(i, run.name)}.png")
+            for i, run in numbered
+            if groups[run.name].site_matrix
+        ]
     plots += [
         plot_reliability(run, run.calibration, f"reliability_{_slug(i, run.name)}.png")
         for i, run in numbered

@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from crossderm.errors import CrossdermError
+from crossderm.evaluate.groups import group_values
 from crossderm.evaluate.metrics import HEADLINE_METRICS, confusion_matrix, metrics_from_confusion
 from crossderm.evaluate.predictions import load_predictions
 from crossderm.labels import CLASSES, label_indices
@@ -118,6 +119,16 @@ def _check_fresh(folder: RunFolder, metrics: dict[str, Any], predictions: pd.Dat
         if stale:
             raise CrossdermError(
                 f"{folder.metrics}: {source} metrics do not match {folder.oof_predictions.name} ({hint})"
+            )
+    sites = metrics.get("sites")
+    if isinstance(sites, dict) and sites:
+        counts: dict[str, int] = {}
+        if "site" in predictions.columns:
+            keys = predictions["source"].astype(str) + "/" + group_values(predictions, "site")
+            counts = {str(k): int(v) for k, v in keys.value_counts().items()}
+        if {key: (cell or {}).get("n") for key, cell in sites.items()} != counts:
+            raise CrossdermError(
+                f"{folder.metrics}: per-site images do not match {folder.oof_predictions.name}'s site column ({hint})"
             )
 
 

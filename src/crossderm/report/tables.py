@@ -7,6 +7,7 @@ table they have numbers for, marked as context.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -287,11 +288,18 @@ def calibration_table(runs: list[Run]) -> Table | None:
     )
 
 
-def build_tables(runs: list[Run], summary: dict[str, Any], publication: Publication) -> list[Table]:
-    """Every table of the report, in reading order."""
-    ci_note = f"{summary['bootstrap']['ci']:.0%} percentile-bootstrap CI over images"
+def ci_note_of(summary: dict[str, Any]) -> str:
+    return f"{summary['bootstrap']['ci']:.0%} percentile-bootstrap CI over images"
+
+
+def build_tables(
+    runs: list[Run], summary: dict[str, Any], publication: Publication, group_tables: Sequence[Table] = ()
+) -> list[Table]:
+    """Every table of the report, in reading order; ``group_tables`` (per site, subgroups, site matrices)
+    after the per-class table."""
+    ci_note = ci_note_of(summary)
     tables = [source_table(runs, source, publication, ci_note) for source in report_sources(runs)]
     tables += [gap_table(runs, summary, publication, ci_note), *comparison_tables(runs, summary, publication)]
-    tables.append(per_class_table(runs, ci_note))
+    tables += [per_class_table(runs, ci_note), *group_tables]
     calibration = calibration_table(runs)
     return tables if calibration is None else [*tables, calibration]

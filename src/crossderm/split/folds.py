@@ -34,7 +34,14 @@ def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.Series:
         if n_groups < n_folds:
             raise CrossdermError(f"source {source!r} has {n_groups} lesion groups, fewer than {n_folds} folds")
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        for fold, (_, test) in enumerate(splitter.split(np.zeros(len(part)), part["label"], part["lesion_group"])):
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+                splits = list(splitter.split(np.zeros(len(part)), part["label"], part["lesion_group"]))
+        except ValueError as exc:
+            raise CrossdermError(f"source {source!r}: cannot make {n_folds} lesion-grouped folds "
+                                 f"({' '.join(str(exc).split())}); use fewer --folds") from None
+        for fold, (_, test) in enumerate(splits):
             folds.loc[part.index[test]] = fold
     check_grouped_folds(table.assign(fold=folds))
     return folds

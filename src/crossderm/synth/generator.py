@@ -11,8 +11,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from crossderm.datafolder import SYNTHETIC_MARKER
 from crossderm.errors import CrossdermError
-from crossderm.fsutil import atomic_directory
+from crossderm.fsutil import atomic_directory, atomic_write_json
 from crossderm.labels import CLASSES
 from crossderm.prepare.sources import HAM_FOLDER, HAM_IMAGE_FOLDERS, ISIC_FOLDER, ISIC_IMAGE_FOLDER
 from crossderm.synth import (
@@ -55,7 +56,10 @@ def generate(
     with atomic_directory(out_dir, overwrite=overwrite) as staging:
         _write_images(staging, lesions, seed, image_scale)
         plan.write_tables(staging, lesions)
-    return plan.summary(Path(out_dir), seed, lesions)
+        summary = plan.summary(Path(out_dir), seed, lesions)
+        marker = {key: value for key, value in summary.items() if key != "out"}  # same bytes wherever written
+        atomic_write_json(staging / SYNTHETIC_MARKER, {"generator": "crossderm synth", **marker})
+    return summary
 
 
 def _write_images(root: Path, lesions: dict[str, list[plan.Lesion]], seed: int, scale: float) -> None:

@@ -36,7 +36,7 @@ class Style:
 
 
 # One style per planned ``Lesion.style``: the four HAM10000 sub-sources (same size, slightly different
-# colour and optics) and the two ISIC-only sites (own sizes, stronger casts, BCN's dermoscope circle).
+# colour and optics) and the three ISIC-only sites (own sizes, stronger casts, dermoscope circles).
 _HAM_SIZE = (160, 120)
 STYLES = {
     "vidir_molemax": Style(_HAM_SIZE, (0.95, 1.2), cast=(1.0, 0.99, 0.98), brightness=1.03),
@@ -46,6 +46,8 @@ STYLES = {
     "bcn": Style((192, 192), (1.1, 1.4), cast=(0.94, 0.98, 1.06), brightness=0.97, contrast=0.95, blur=1.0,
                  vignette=(0.95, 1.5)),
     "msk": Style((224, 168), (0.95, 1.1), cast=(1.12, 1.01, 0.8), brightness=1.06, contrast=1.08, noise=0.035),
+    "archive": Style((192, 144), (0.9, 1.05), cast=(1.08, 1.0, 0.86), brightness=0.92, contrast=0.9, blur=0.6,
+                     noise=0.02, vignette=(1.1, 1.6)),
 }
 
 # Lesion frame: the canvas spans [-_EXTENT, _EXTENT] units; a view spans 2/zoom units across its width.

@@ -45,6 +45,9 @@ _AK_SHARE = {"ham": 0.4, "bcn": 0.63, "msk": 0.63}
 # Probability of 1, 2, 3, ... views of one lesion (HAM10000: 1.34 images per lesion on average).
 _VIEWS = {"ham": (0.74, 0.19, 0.065, 0.005), "bcn": (0.35, 0.4, 0.25), "msk": (0.95, 0.05)}
 BCN_LESION_SHARE = 0.7  # of the ISIC-only lesions; the rest are MSK-like
+# ISIC 2019 images without a lesion id come from the older ISIC archive (crossderm.prepare.sources' site
+# ``archive``): in the synthetic data they are the MSK-range lesions left without one, photographed differently.
+ARCHIVE_STYLE = "archive"
 _MSK_DOWNSAMPLED, _MSK_BLANK_LESION = 0.5, 0.6
 
 
@@ -103,7 +106,8 @@ _ISIC_META_COLUMNS = "image,age_approx,anatom_site_general,lesion_id,sex"
 class Lesion:
     """One planned lesion: its label, photographic style, ids and patient fields (shared by all its views).
 
-    ``style`` names the camera that took it: a HAM10000 sub-source (:data:`HAM_DATASETS`) or the site.
+    ``style`` names the camera that took it: a HAM10000 sub-source (:data:`HAM_DATASETS`), the site, or
+    :data:`ARCHIVE_STYLE`.
     """
 
     dx: str
@@ -190,6 +194,7 @@ def _plan_site(site: str, n: int, seed: int, min_per_class: int) -> list[Lesion]
             lesion.downsampled = bool(rng.random() < _MSK_DOWNSAMPLED)
             if lesion.n_views == 1 and rng.random() < _MSK_BLANK_LESION:
                 lesion.lesion_id = ""
+                lesion.style = ARCHIVE_STYLE  # no lesion id: the older ISIC archive, a third ISIC site
         suffix = "_downsampled" if lesion.downsampled else ""
         lesion.image_ids = [f"ISIC_{numbers.pop():07d}{suffix}" for _ in range(lesion.n_views)]
         lesion.meta = _metadata(rng, site, lesion.dx)
@@ -273,6 +278,7 @@ def summary(out: Path, seed: int, lesions: dict[str, list[Lesion]]) -> dict[str,
     sites["ham"]["datasets"] = {d: sum(x.n_views for x in ham if x.style == d) for d in HAM_DATASETS}
     sites["msk"]["downsampled_images"] = sum(x.n_views for x in msk if x.downsampled)
     sites["msk"]["blank_lesion_id_images"] = sum(x.n_views for x in msk if not x.lesion_id)
+    sites["msk"]["archive_style_images"] = sum(x.n_views for x in msk if x.style == ARCHIVE_STYLE)
     return {
         "out": str(out),
         "seed": seed,

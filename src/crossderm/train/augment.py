@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from crossderm.colour import SOG_POWER
+
 
 class AugmentConfig(BaseModel):
     """Strengths of the batch augmentations (``augment.<name>`` in a config); 0 turns a jitter off."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     flips: StrictBool = True
     rotate90: StrictBool = True
@@ -26,6 +28,9 @@ class AugmentConfig(BaseModel):
     contrast: float = Field(0.2, ge=0, lt=1)
     saturation: float = Field(0.2, ge=0, le=1)
     channel_gain: float = Field(0.1, ge=0, lt=1)
+    # Share of images re-lit with the Shades-of-Gray illuminant of another training image (Galdran et al.
+    # 2017's data-driven colour augmentation): the image's own SoG illuminant is replaced by the drawn one.
+    illuminant: float = Field(0.0, ge=0, le=1)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -42,11 +47,25 @@ def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x_part + y_part
 
 
-def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def relight(images: torch.Tensor, targets: torch.Tensor, power: float = SOG_POWER) -> torch.Tensor:
+    """Each image's unit-norm Shades-of-Gray illuminant replaced by ``targets`` (B, 3), brightness kept."""
+    own = images.clamp(min=0).pow(power).mean(dim=(2, 3)).pow(1.0 / power)
+    own = own / own.norm(dim=1, keepdim=True).clamp(min=1e-6)
+    return (images * (targets / own.clamp(min=1e-6))[:, :, None, None]).clamp(0.0, 1.0)
+
+
+def augment_batch(
+    images: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator,
+    illuminants: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``images``: float (B, 3, H, W) in [0, 1] -> augmented batch of the same shape and range.
 
     Geometry is one ``grid_sample``; the colour jitter (saturation, contrast, brightness, channel gain) is a
-    per-image affine colour map, so it runs as one batched 3x3 matrix product plus an offset.
+    per-image affine colour map, so it runs as one batched 3x3 matrix product plus an offset. With
+    ``config.illuminant`` > 0, that share of the images is first re-lit with illuminants drawn from
+    ``illuminants`` (M, 3): the training images' own (:func:`crossderm.colour.illuminants`).
     """
     n, device, dtype = images.shape[0], images.device, images.dtype
     angle = torch.zeros(n, device=device)
@@ -65,6 +84,13 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
     ).to(dtype)
     grid = _affine_grid(theta, images.shape[2], images.shape[3])
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if config.illuminant > 0:
+        if illuminants is None or not len(illuminants):
+            raise ValueError("augment.illuminant needs the training images' illuminants")
+        chosen = torch.rand(n, generator=generator, device=device) < config.illuminant
+        drawn = torch.randint(0, len(illuminants), (n,), generator=generator, device=device)
+        relit = relight(images, illuminants.to(device=device, dtype=dtype)[drawn])
+        images = torch.where(chosen[:, None, None, None], relit, images)
 
     # y = gain * b * (c * (s * x + (1 - s) * grey(x)) + (1 - c) * mean_grey): linear in x per image
     luma = torch.tensor([0.299, 0.587, 0.114], device=device, dtype=dtype)

@@ -11,26 +11,41 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
+from crossderm.colour import ColorConstancy
 from crossderm.defaults import MAX_TTA_VIEWS
 from crossderm.errors import CrossdermError, validation_message
+from crossderm.labels import CLASSES
 from crossderm.train.augment import AugmentConfig
 from crossderm.train.sampler import SAMPLERS
 
-Sampler = Literal["uniform", "class_balanced", "source_balanced", "source_class_balanced"]
+Sampler = Literal[
+    "uniform", "class_balanced", "source_balanced", "source_class_balanced", "site_balanced", "site_class_balanced"
+]
 assert set(Sampler.__args__) == set(SAMPLERS)  # type: ignore[attr-defined]
 
 
 class ExperimentConfig(BaseModel):
     """One cross-validated experiment: what to train on, how, and what to test on."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # lr=.inf would train to NaN
 
     name: str = Field(min_length=1)
     model: str = Field(min_length=1)
     train_sources: list[str] = Field(min_length=1)
     test_sources: list[str] = Field(min_length=1)
+    # Sources never trained on, each image predicted by every fold model (their mean): an external test set.
+    external_sources: list[str] = Field(default_factory=list)
+    # cv: lesion-grouped folds; loso: hold out one site at a time; site-matrix: train on one site, test the others
+    protocol: Literal["cv", "loso", "site-matrix"] = "cv"
+    min_site_images: int = Field(100, ge=1)  # a site smaller than this is never held out (loso, site-matrix)
+    # Shades of Gray (p = 6) on every image, from the DATA_DIR cache made by `prepare --color-constancy sog6`
+    color_constancy: ColorConstancy = "none"
+    # Metadata fusion: age, sex and anatomical site as a second input (crossderm.models.metadata_fusion)
+    metadata: StrictBool = False
+    # Classes left out of training and validation, still tested (ISIC 2019's UNK-like case for the OOD scores)
+    held_out_classes: list[str] = Field(default_factory=list)
     description: str = ""
     pretrained: StrictBool = False
     pretrained_path: str | dict[str, str] | None = None
@@ -47,7 +62,7 @@ class ExperimentConfig(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     patience: int | None = Field(None, ge=1)
     tta: int = Field(4, ge=1, le=MAX_TTA_VIEWS)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**31)  # seed + fold seeds scikit-learn and numpy, which take 32 bits
     amp: Literal["auto", "bf16", "off"] = "auto"
     channels_last: StrictBool = True
     compile: StrictBool = False
@@ -55,7 +70,7 @@ class ExperimentConfig(BaseModel):
 
     @field_validator(
         "epochs", "batch_size", "eval_batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing",
-        "drop_rate", "drop_path_rate", "val_fraction", "patience", "tta", "seed", mode="before",
+        "drop_rate", "drop_path_rate", "val_fraction", "patience", "tta", "seed", "min_site_images", mode="before",
     )
     @classmethod
     def _not_bool(cls, value: Any) -> Any:
@@ -68,12 +83,27 @@ class ExperimentConfig(BaseModel):
     def _yaml_off(cls, value: Any) -> Any:
         return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
 
-    @field_validator("train_sources", "test_sources")
+    @field_validator("train_sources", "test_sources", "external_sources")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value) or any(not s for s in value):
             raise ValueError("sources must be distinct, non-empty names")
         return value
+
+    @field_validator("held_out_classes")
+    @classmethod
+    def _known_classes(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(CLASSES))
+        if unknown or len(set(value)) != len(value) or len(value) >= len(CLASSES):
+            raise ValueError(f"must be distinct classes among {', '.join(CLASSES)}, leaving some to train on")
+        return value
+
+    @model_validator(mode="after")
+    def _external_is_test_only(self) -> ExperimentConfig:
+        trained = sorted(set(self.external_sources) & set(self.train_sources))
+        if trained:
+            raise ValueError(f"external source(s) {', '.join(trained)} must not be in train_sources")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -88,7 +118,10 @@ def preset_names() -> list[str]:
 def _read_yaml(path_or_name: str | Path) -> tuple[dict[str, Any], str]:
     path = Path(path_or_name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        text, where = path.read_text(), str(path)
+        try:
+            text, where = path.read_text(), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CrossdermError(f"{path}: cannot read config ({' '.join(str(exc).split())})") from None
     else:
         preset = resources.files("crossderm.configs") / f"{path_or_name}.yaml"
         if not preset.is_file():
@@ -107,7 +140,9 @@ def _read_yaml(path_or_name: str | Path) -> tuple[dict[str, Any], str]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``key=value`` (a YAML value), ``augment.min_area=0.5`` for a nested key."""
-    raw = {**raw, "augment": dict(raw.get("augment") or {})}
+    augment = raw.get("augment")
+    # a copy to add nested keys to; anything but a mapping is left for the validator to refuse
+    raw = {**raw, "augment": {} if augment is None else dict(augment) if isinstance(augment, dict) else augment}
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -121,6 +156,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if dot:
             if outer != "augment" or not inner:
                 raise CrossdermError(f"--set {item!r}: only augment.<setting> may be nested")
+            if not isinstance(raw["augment"], dict):
+                raise CrossdermError(f"--set {item!r}: augment is {raw['augment']!r}, not a mapping of settings")
             raw["augment"][inner] = parsed
         else:
             raw[key] = parsed

@@ -7,25 +7,39 @@ Folds can run one per job (``--fold k``), in any order or in parallel; ``pool`` 
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 import torch
 import yaml
 
 from crossderm import __version__
-from crossderm.datafolder import load_dataset
-from crossderm.defaults import BOOTSTRAP_SEED, N_BOOTSTRAP, REFERENCE_SOURCE
+from crossderm.datafolder import PreparedData, load_dataset
+from crossderm.defaults import N_BOOTSTRAP, REFERENCE_SOURCE
 from crossderm.errors import CrossdermError
-from crossderm.fsutil import atomic_write_json, atomic_write_text
-from crossderm.runfolder import RunFolder
+from crossderm.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    check_writable_folder,
+    exclusive_lock,
+    recover_directory,
+    remove_stale_staging,
+)
+from crossderm.runfolder import FoldFolder, RunFolder
 from crossderm.runtime import Runtime, barrier, tune_cpu_allocator
 from crossderm.train.config import ExperimentConfig
-from crossderm.train.fold import predict_fold, setup_fold, train_fold
+from crossderm.train.engine import has_checkpoint
+from crossderm.train.fold import setup_fold, train_fold
+from crossderm.train.outputs import predict_fold
+from crossderm.train.pooling import pool
+from crossderm.train.protocols import Job, jobs
+from crossderm.train.tracking import Tracker, TrackingOptions, open_tracker
 
 
 def git_revision() -> str | None:
@@ -44,6 +58,8 @@ def git_revision() -> str | None:
 
 
 def environment(runtime: Runtime) -> dict:
+    from crossderm.runtime import thread_source
+
     return {
         "crossderm": __version__,
         "git_revision": git_revision(),
@@ -55,25 +71,36 @@ def environment(runtime: Runtime) -> dict:
         if runtime.device.type == "cuda"
         else platform.processor(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_threads_source": thread_source(),  # --threads, OMP_NUM_THREADS, or auto and what limited it
         "world_size": runtime.world_size,
         "bf16_autocast": runtime.bf16,
     }
 
 
 def _write_run_files(
-    run: RunFolder, config: ExperimentConfig, data_dir: Path, folds: list[int], runtime: Runtime, parameters: int
+    run: RunFolder, config: ExperimentConfig, data_dir: Path, jobs: list[Job], runtime: Runtime, parameters: int
 ) -> None:
-    """Record the resolved config once; a different config in an existing run folder is refused."""
+    """Record the resolved config and the data once; once any fold has started, another config or another
+    DATA_DIR for the same run folder is refused (a run that failed before its first epoch may be retried)."""
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    if run.config.is_file() and yaml.safe_load(run.config.read_text()) != config.to_dict():
+    started = any(has_checkpoint(f) or f.finished for f in run.folds())
+    if started and run.config.is_file() and yaml.safe_load(run.config.read_text()) != config.to_dict():
         raise CrossdermError(f"{run.config}: this run folder was made with a different config; use a new --out")
+    if started and run.run_info.is_file():
+        recorded = run.read_run_info().get("data")
+        if recorded and Path(recorded) != data_dir.absolute():
+            raise CrossdermError(f"{run.run_info}: this run folder was trained on {recorded}, not "
+                                 f"{data_dir.absolute()}; use a new --out")
     atomic_write_text(run.config, text)
     atomic_write_json(
         run.run_info,
         {
             "experiment": config.name,
             "data": str(data_dir.absolute()),
-            "folds": folds,
+            "protocol": config.protocol,
+            "folds": [job.fold for job in jobs],
+            "jobs": {str(job.fold): job.name for job in jobs},
+            "job_sites": {str(job.fold): job.site for job in jobs if job.site is not None},
             "parameters": parameters,
             "environment": environment(runtime),
         },
@@ -89,75 +116,74 @@ def run_cv(
     device: str = "auto",
     n_bootstrap: int = N_BOOTSTRAP,
     reference_source: str = REFERENCE_SOURCE,
+    tracking: TrackingOptions | None = None,
 ) -> dict | None:
-    """Train the requested folds (all by default); pool and evaluate when every fold is done."""
+    """Train the requested folds (all by default); pool and evaluate when every fold is done.
+
+    ``tracking``: TensorBoard / MLflow (crossderm.train.tracking); None = none (the ``cv`` command's default is
+    TensorBoard on).
+    """
+    check_writable_folder(run_dir, "--out")
     data = load_dataset(data_dir)
-    cache = data.open_cache()
+    cache = data.open_cache(config.color_constancy)
     runtime = Runtime.resolve(device, config.amp)
     if runtime.device.type == "cpu":
         tune_cpu_allocator()
     run = RunFolder(run_dir)
-    for fold in folds if folds is not None else data.folds:
-        folder = run.fold(fold)
-        if folder.finished:
+    all_jobs = jobs(data.manifest, config)
+    with open_tracker(run, config.to_dict(), tracking, runtime.is_main) as tracker:
+        for fold in folds if folds is not None else [job.fold for job in all_jobs]:
+            folder = run.fold(fold)
+            if folder.finished:
+                if runtime.is_main:
+                    print(f"fold {fold}: already done ({folder.predictions})")
+                continue
+            with fold_lock(folder, runtime):
+                _run_fold(config, data, cache, data_dir, run, all_jobs, fold, resume, runtime, tracker)
+        missing = [job.fold for job in all_jobs if not run.fold(job.fold).finished]
+        if missing or not runtime.is_main:
             if runtime.is_main:
-                print(f"fold {fold}: already done ({folder.predictions})")
-            continue
-        started = time.perf_counter()
-        setup = setup_fold(config, data.manifest, cache, fold, runtime)
-        if runtime.is_main:
-            folder.path.mkdir(parents=True, exist_ok=True)
-            _write_run_files(run, config, Path(data_dir), data.folds, runtime, setup.parameters)
-            print(
-                f"{config.name} fold {fold}: train {len(setup.data.train)}, val {len(setup.data.val)}, "
-                f"test {len(setup.data.test)} images; {config.model} ({setup.parameters / 1e6:.2f} M parameters) "
-                f"on {runtime.device}{' x' + str(runtime.world_size) if runtime.world_size > 1 else ''}"
-            )
-        state = train_fold(setup, folder, resume)
-        predictions = predict_fold(setup, folder, state)
-        if runtime.is_main:
-            atomic_write_text(folder.predictions, predictions.to_csv(index=False))
-            print(f"fold {fold}: done in {time.perf_counter() - started:.1f} s, best epoch {state['best_epoch']}")
-        barrier()
-    missing = [f for f in data.folds if not run.fold(f).finished]
-    if missing or not runtime.is_main:
-        if runtime.is_main:
-            print(f"folds still to run: {missing}; run them, then `crossderm pool {run_dir}`")
-        return None
-    return pool(run_dir, n_bootstrap=n_bootstrap, reference_source=reference_source)
+                print(f"folds still to run: {missing}; run them, then `crossderm pool {run_dir}`")
+            return None
+        return pool(run_dir, n_bootstrap=n_bootstrap, reference_source=reference_source, tracker=tracker)
 
 
-def pool(
-    run_dir: Path,
-    n_bootstrap: int = N_BOOTSTRAP,
-    seed: int = BOOTSTRAP_SEED,
-    reference_source: str = REFERENCE_SOURCE,
-) -> dict:
-    """Join the folds' test predictions into ``oof_predictions.csv`` and evaluate it."""
-    from crossderm.evaluate.calibration import calibrate_run
-    from crossderm.evaluate.predictions import evaluate_file
+@contextlib.contextmanager
+def fold_lock(folder: FoldFolder, runtime: Runtime) -> Iterator[None]:
+    """Rank 0 holds the fold's lock while it trains: a second `cv` on the same fold is refused at once (folds
+    run as separate jobs lock different folds). Once the lock is ours, a killed writer's interrupted checkpoint
+    replacement is repaired and its staging files removed."""
+    if not runtime.is_main:
+        yield
+        return
+    with exclusive_lock(folder.path, f"crossderm cv, fold {folder.fold}"):
+        recover_directory(folder.checkpoint)
+        remove_stale_staging(folder.path)
+        yield
 
-    run = RunFolder(run_dir).require()
-    expected = run.expected_folds()
-    missing = [k for k in expected if not run.fold(k).finished]
-    if missing:
-        raise CrossdermError(
-            f"{run_dir}: fold(s) {', '.join(map(str, missing))} not finished; run `crossderm cv ... --fold k` for "
-            "each, then pool again (pooling a subset would evaluate part of the data as if it were all)"
-        )
-    pooled = pd.concat([pd.read_csv(run.fold(k).predictions, dtype={"image_id": str}) for k in expected],
-                       ignore_index=True)
-    duplicated = pooled.duplicated(["source", "image_id"])
-    if duplicated.any():
-        raise CrossdermError(
-            f"{run_dir}: image {pooled.loc[duplicated.idxmax(), 'image_id']} is predicted by two folds"
-        )
-    atomic_write_text(run.oof_predictions, pooled.to_csv(index=False))
-    metrics, markdown = evaluate_file(run.oof_predictions, run.path, n_bootstrap, seed, reference_source)
-    print(markdown, end="")
-    calibration = calibrate_run(run_dir)
-    for source, info in calibration["sources"].items():
+
+def _run_fold(config: ExperimentConfig, data: PreparedData, cache: np.ndarray, data_dir: Path, run: RunFolder,
+              all_jobs: list[Job], fold: int, resume: bool, runtime: Runtime, tracker: Tracker) -> None:
+    """Set up, train and predict one fold (rank 0 writes its files)."""
+    folder = run.fold(fold)
+    started = time.perf_counter()
+    setup = setup_fold(config, data.manifest, cache, fold, runtime)
+    if runtime.is_main:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(run.path, "crossderm cv, writing config.yaml and run.json", wait=True):
+            remove_stale_staging(run.path)  # a killed writer's temporary files (parallel fold jobs wait here)
+            _write_run_files(run, config, Path(data_dir), all_jobs, runtime, setup.parameters)
+        sizes = {part: len(getattr(setup.data, part)) for part in ("train", "val", "test", "external")}
         print(
-            f"calibration {source}: ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f} with per-fold temperature"
+            f"{config.name} fold {fold} ({setup.data.job.name}): "
+            + ", ".join(f"{part} {n}" for part, n in sizes.items() if n or part != "external")
+            + f" images; {config.model} ({setup.parameters / 1e6:.2f} M parameters) on {runtime.device}"
+            + (f" x{runtime.world_size}" if runtime.world_size > 1 else "")
         )
-    return metrics
+    state = train_fold(setup, folder, resume, tracker)
+    predictions = predict_fold(setup, folder, state)
+    if runtime.is_main:
+        atomic_write_text(folder.predictions, predictions.to_csv(index=False))
+        tracker.end_fold(fold, run, state)
+        print(f"fold {fold}: done in {time.perf_counter() - started:.1f} s, best epoch {state['best_epoch']}")
+    barrier()

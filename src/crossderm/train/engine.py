@@ -21,10 +21,11 @@ from safetensors.torch import load_file, save, save_file
 from torch import nn
 from tqdm import tqdm
 
+from crossderm.errors import CrossdermError
 from crossderm.evaluate.metrics import confusion_matrix, metrics_from_confusion
 from crossderm.fsutil import atomic_directory, atomic_write_bytes, atomic_write_json
 from crossderm.labels import CLASSES, label_indices
-from crossderm.models.tta import predict_batches
+from crossderm.models.tta import call, predict_batches
 from crossderm.runfolder import CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, FoldFolder
 from crossderm.runtime import Runtime
 
@@ -78,7 +79,7 @@ def train_one_epoch(
                     disable=None if runtime.is_main else True)
     for images, labels in progress:
         with autocast:
-            loss = loss_fn(model(images), labels)
+            loss = loss_fn(call(model, images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -145,9 +146,18 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Restore what :func:`save_checkpoint` wrote; returns the saved progress."""
-    model.load_state_dict(load_file(folder.checkpoint / CHECKPOINT_WEIGHTS, device=str(device)))
-    saved = torch.load(folder.checkpoint / CHECKPOINT_OPTIMIZER, map_location=device, weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    return json.loads((folder.checkpoint / CHECKPOINT_STATE).read_text())
+    """Restore what :func:`save_checkpoint` wrote; returns the saved progress. A damaged checkpoint is a one-line
+    error (it was replaced atomically, so only outside hands damage it)."""
+    try:
+        model.load_state_dict(load_file(folder.checkpoint / CHECKPOINT_WEIGHTS, device=str(device)))
+        saved = torch.load(folder.checkpoint / CHECKPOINT_OPTIMIZER, map_location=device, weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = json.loads((folder.checkpoint / CHECKPOINT_STATE).read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+            raise ValueError("state.json has no epoch")
+        return state
+    except Exception as exc:  # safetensors, torch.load, json and shape errors all mean "unusable checkpoint"
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CrossdermError(f"{folder.checkpoint}: cannot resume from it ({type(exc).__name__}: {reason}); "
+                             f"delete it to train fold {folder.fold} again from epoch 1") from None

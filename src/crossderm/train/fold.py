@@ -15,50 +15,52 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 from timm.optim import param_groups_weight_decay
 from torch import nn
 from tqdm import tqdm
 
 from crossderm.errors import CrossdermError
-from crossderm.fsutil import atomic_write_text, sha256_file
+from crossderm.fsutil import atomic_write_text
 from crossderm.labels import CLASSES, label_indices
-from crossderm.models.card import ModelCard, write_card
 from crossderm.models.factory import count_parameters, create_model, normalisation
 from crossderm.models.preprocess import Normalise
-from crossderm.models.tta import predict_batches
+from crossderm.patient import encode_metadata
 from crossderm.runfolder import FoldFolder
 from crossderm.runtime import Runtime, barrier
 from crossderm.split.folds import inner_validation
 from crossderm.train import engine
 from crossderm.train.config import ExperimentConfig
 from crossderm.train.loader import CacheBatches
+from crossderm.train.protocols import Job, job_images, job_of, site_keys
 from crossderm.train.sampler import EpochSampler, sampling_weights
+from crossderm.train.tracking import Tracker
 
 
 @dataclass
 class FoldData:
-    """The three disjoint image sets of one fold (manifest rows)."""
+    """The disjoint image sets of one job (manifest rows): train, inner validation, test; external images."""
 
+    job: Job
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
+    external: pd.DataFrame
 
 
 def fold_data(manifest: pd.DataFrame, config: ExperimentConfig, fold: int) -> FoldData:
-    for source in {*config.train_sources, *config.test_sources}:
-        if source not in set(manifest["source"]):
-            raise CrossdermError(
-                f"source {source!r} is not in the prepared data (have {sorted(set(manifest['source']))})"
-            )
-    if fold not in set(manifest["fold"]):
-        raise CrossdermError(f"fold {fold} does not exist (folds: {sorted(set(manifest['fold']))})")
-    training = manifest[manifest["source"].isin(config.train_sources) & (manifest["fold"] != fold)]
+    job = job_of(manifest, config, fold)
+    images = job_images(manifest, config, job)
+    training = manifest[images.train & ~manifest["label"].isin(config.held_out_classes).to_numpy()]
     training = training.reset_index(drop=True)
+    if training.empty:
+        raise CrossdermError(f"{job.name}: no training images (train_sources {config.train_sources})")
     val_mask = inner_validation(training, config.val_fraction, config.seed + fold)
-    test = manifest[manifest["source"].isin(config.test_sources) & (manifest["fold"] == fold)].reset_index(drop=True)
     return FoldData(
-        train=training[~val_mask].reset_index(drop=True), val=training[val_mask].reset_index(drop=True), test=test
+        job=job,
+        train=training[~val_mask].reset_index(drop=True),
+        val=training[val_mask].reset_index(drop=True),
+        test=manifest[images.test].reset_index(drop=True),
+        external=manifest[images.external].reset_index(drop=True),
     )
 
 
@@ -78,6 +80,7 @@ class FoldSetup:
     val_batches: CacheBatches
     val_tta_batches: CacheBatches
     test_batches: CacheBatches
+    external_batches: CacheBatches
     sampler: EpochSampler
     steps_per_epoch: int
     optimizer: torch.optim.Optimizer
@@ -95,6 +98,7 @@ def build_model(config: ExperimentConfig, fold: int, runtime: Runtime) -> tuple[
         pretrained_path=config.pretrained_path,
         drop_rate=config.drop_rate,
         drop_path_rate=config.drop_path_rate,
+        metadata=config.metadata,
     ).to(runtime.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -116,11 +120,14 @@ def setup_fold(
 
     def cached(frame: pd.DataFrame, batch_size: int) -> CacheBatches:
         rows = frame["cache_index"].to_numpy()
-        return CacheBatches(cache, rows, label_indices(frame["label"]), batch_size, runtime.device, normalise)
+        metadata = encode_metadata(frame["age"], frame["sex"], frame["anatom_site"]) if config.metadata else None
+        return CacheBatches(cache, rows, label_indices(frame["label"]), batch_size, runtime.device, normalise,
+                            metadata=metadata)
 
     val_batches = cached(data.val, config.eval_batch_size)
     tta_batch = max(1, config.eval_batch_size // config.tta)  # eval_batch_size bounds one forward, views included
-    weights = sampling_weights(config.sampler, data.train["label"].to_numpy(), data.train["source"].to_numpy())
+    weights = sampling_weights(config.sampler, data.train["label"].to_numpy(), data.train["source"].to_numpy(),
+                               site_keys(data.train).to_numpy())
     sampler = EpochSampler(weights, len(data.train), config.seed + fold, runtime.rank, runtime.world_size)
     steps = math.ceil(len(sampler) / config.batch_size)
     optimizer = torch.optim.AdamW(
@@ -132,15 +139,20 @@ def setup_fold(
         parameters=count_parameters(model), image_size=int(cache.shape[1]),
         train_batches=cached(data.train, config.batch_size), val_batches=val_batches,
         val_tta_batches=val_batches.rebatched(tta_batch), test_batches=cached(data.test, tta_batch),
+        external_batches=cached(data.external, tta_batch),
         sampler=sampler, steps_per_epoch=steps, optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
     )
 
 
-def train_fold(setup: FoldSetup, folder: FoldFolder, resume: bool) -> dict[str, Any]:
-    """Train the epochs not yet done; the best epoch's weights go to ``best.safetensors``. Returns the progress."""
+def train_fold(setup: FoldSetup, folder: FoldFolder, resume: bool, tracker: Tracker | None = None) -> dict[str, Any]:
+    """Train the epochs not yet done; the best epoch's weights go to ``best.safetensors``. Returns the progress.
+
+    ``tracker`` gets each epoch's history row once its checkpoint is written (crossderm.train.tracking).
+    """
     config, runtime, fold = setup.config, setup.runtime, setup.fold
+    tracker = tracker or Tracker()
     if not resume and engine.has_checkpoint(folder):
         raise CrossdermError(f"{folder.path}: has a checkpoint; pass --resume to continue it")
     state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "stale_epochs": 0, "history": []}
@@ -148,6 +160,8 @@ def train_fold(setup: FoldSetup, folder: FoldFolder, resume: bool) -> dict[str, 
         state = engine.load_checkpoint(folder, setup.model, setup.optimizer, setup.scheduler, runtime.device)
         if runtime.is_main:
             print(f"fold {fold}: resuming after epoch {state['epoch']}")
+    if runtime.is_main:
+        tracker.start_fold(fold, setup.data.job.name, state["history"])
     for epoch in range(state["epoch"], config.epochs):
         started = time.perf_counter()
         seed = engine.epoch_seed(config.seed, fold, epoch)
@@ -183,38 +197,9 @@ def train_fold(setup: FoldSetup, folder: FoldFolder, resume: bool) -> dict[str, 
                 f"val macro-F1 {score:.4f}{' *' if improved else ''}  {speed:.0f} img/s"
             )
             atomic_write_text(folder.history, pd.DataFrame(state["history"]).to_csv(index=False))
+            tracker.log_epoch(fold, state["history"][-1])
         barrier()
         if config.patience is not None and state["stale_epochs"] >= config.patience:
             break
     barrier()
     return state
-
-
-def _prediction_table(setup: FoldSetup, frame: pd.DataFrame, batches: CacheBatches) -> pd.DataFrame:
-    probs = predict_batches(setup.model, batches.batches(), views=setup.config.tta, bf16=setup.runtime.bf16)
-    table = frame[["image_id", "source", "label"]].copy()
-    for index, name in enumerate(CLASSES):
-        table[name] = probs[:, index].astype(np.float64)
-    table["fold"] = setup.fold
-    return table
-
-
-def predict_fold(setup: FoldSetup, folder: FoldFolder, state: dict[str, Any]) -> pd.DataFrame:
-    """Test-fold probabilities from the best epoch's weights, with the configured TTA views (rank 0 only).
-
-    The inner-validation images are predicted the same way into ``val_predictions.csv``: calibration
-    (temperature scaling) is fitted on them, never on the test fold.
-    """
-    if not setup.runtime.is_main:
-        return setup.data.test.iloc[:0]
-    setup.model.load_state_dict(load_file(folder.best_weights, device=str(setup.runtime.device)))
-    val = _prediction_table(setup, setup.data.val, setup.val_tta_batches)
-    atomic_write_text(folder.val_predictions, val.to_csv(index=False))
-    mean, std = normalisation(setup.model)
-    write_card(folder.model_card, ModelCard(
-        experiment=setup.config.name, fold=setup.fold, model=setup.config.model, classes=list(CLASSES),
-        image_size=setup.image_size, mean=list(mean), std=list(std), tta=setup.config.tta,
-        parameters=setup.parameters, weights=folder.best_weights.name, sha256=sha256_file(folder.best_weights),
-        best_epoch=state["best_epoch"], val_score=state["best_score"],
-    ))
-    return _prediction_table(setup, setup.data.test, setup.test_batches)

@@ -18,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from crossderm.colour import illuminants
 from crossderm.models.preprocess import Normalise, to_unit_float
 from crossderm.train.augment import AugmentConfig, augment_batch
 
@@ -73,8 +74,13 @@ class CacheBatches:
         normalise: Normalise,
         prefetch_depth: int = 3,
         device_cache: bool | None = None,
+        metadata: np.ndarray | None = None,
     ) -> None:
+        """``metadata`` (n, d) float32, one row per image, travels with its image: batches are then
+        ``((images, metadata), labels)`` for a metadata-fusion model."""
         self.cache = cache
+        self.metadata = None if metadata is None else torch.from_numpy(np.asarray(metadata, dtype=np.float32))
+        self._illuminants: torch.Tensor | None = None
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = torch.tensor(np.array(labels, dtype=np.int64))
         self.batch_size = batch_size
@@ -138,8 +144,21 @@ class CacheBatches:
             source: Iterable = self._resident_batches(self.on_device, order)
         else:
             source = prefetch(self._host_batches(order), self.prefetch_depth)
-        for pixels, labels in source:
+        pool = self.illuminants() if augment is not None and augment.illuminant > 0 else None
+        for start, (pixels, labels) in zip(range(0, len(order), self.batch_size), source, strict=True):
             images = to_unit_float(pixels, self.device)
             if augment is not None:
-                images = augment_batch(images, augment, generator)
-            yield self.normalise(images), labels.to(self.device, non_blocking=True)
+                images = augment_batch(images, augment, generator, pool)
+            images = self.normalise(images)
+            if self.metadata is not None:
+                positions = order[start : start + self.batch_size].sort().values.cpu()
+                images = (images, self.metadata[positions].to(self.device, non_blocking=True))
+            yield images, labels.to(self.device, non_blocking=True)
+
+    def illuminants(self) -> torch.Tensor:
+        """The subset's Shades-of-Gray illuminants (computed once from the cache), for illuminant augmentation."""
+        if self._illuminants is None:
+            chunks = [illuminants(self.cache[self.rows[start : start + 1024]])
+                      for start in range(0, len(self.rows), 1024)]
+            self._illuminants = torch.from_numpy(np.concatenate(chunks).astype(np.float32)).to(self.device)
+        return self._illuminants

@@ -1,4 +1,4 @@
-"""Epoch samplers: uniform, class-balanced, source-balanced and source x class balanced.
+"""Epoch samplers: uniform, class-, source-, source x class-, site- and site x class-balanced.
 
 Each epoch draws ``num_samples`` training indices. The weighted kinds draw with replacement from
 per-image weights (``torch.multinomial``) so that, in expectation:
@@ -6,7 +6,10 @@ per-image weights (``torch.multinomial``) so that, in expectation:
 - ``class_balanced``: every class contributes 1/C of the draws (w = 1 / n_class);
 - ``source_balanced``: every source contributes 1/S of the draws, the class mix within a source kept
   as it is (w = 1 / n_source) - the paper's sampler for joint HAM + ISIC training;
-- ``source_class_balanced``: every (source, class) cell present contributes equally (w = 1 / n_cell).
+- ``source_class_balanced``: every (source, class) cell present contributes equally (w = 1 / n_cell);
+- ``site_balanced``: every acquisition site (``source/site``) contributes 1/S' of the draws, the natural
+  generalisation of the source-balanced sampler to the sites of a multi-site pool (w = 1 / n_site);
+- ``site_class_balanced``: every (site, class) cell present contributes equally.
 
 Distributed training: every rank draws the *same* global sample from a generator seeded with
 ``(seed, epoch)``, pads it to a multiple of the world size by repeating its head, and keeps every
@@ -24,11 +27,17 @@ import torch
 
 from crossderm.errors import CrossdermError
 
-SAMPLERS = ("uniform", "class_balanced", "source_balanced", "source_class_balanced")
+SAMPLERS = (
+    "uniform", "class_balanced", "source_balanced", "source_class_balanced", "site_balanced", "site_class_balanced",
+)
 
 
-def sampling_weights(kind: str, labels: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
-    """Per-image draw weights for ``kind`` (``None`` for a uniform shuffle), normalised to sum to 1."""
+def sampling_weights(
+    kind: str, labels: np.ndarray, sources: np.ndarray, sites: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Per-image draw weights for ``kind`` (``None`` for a uniform shuffle), normalised to sum to 1.
+
+    ``sites``: each image's ``source/site`` key (needed by the site kinds)."""
     if kind == "uniform":
         return None
     if kind == "class_balanced":
@@ -37,6 +46,12 @@ def sampling_weights(kind: str, labels: np.ndarray, sources: np.ndarray) -> np.n
         keys = sources.astype(str)
     elif kind == "source_class_balanced":
         keys = np.char.add(np.char.add(sources.astype(str), "/"), labels.astype(str))
+    elif kind in ("site_balanced", "site_class_balanced"):
+        if sites is None:
+            raise CrossdermError(f"sampler {kind} needs each image's site")
+        keys = sites.astype(str)
+        if kind == "site_class_balanced":
+            keys = np.char.add(np.char.add(keys, "|"), labels.astype(str))
     else:
         raise CrossdermError(f"unknown sampler {kind!r} (choose from {', '.join(SAMPLERS)})")
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)

@@ -1,4 +1,5 @@
-// crossderm serve: upload one image, show class probabilities, the Grad-CAM overlay and the model's provenance.
+// crossderm serve: upload one image (with patient metadata for a model that uses it), show class probabilities,
+// the Grad-CAM overlay, the out-of-distribution scores and the model's provenance.
 // Plain DOM code, no libraries and no network access beyond this server.
 "use strict";
 
@@ -37,6 +38,7 @@ function showProvenance(info) {
     ["parameters", info.parameters ? `${(info.parameters / 1e6).toFixed(2)} M` : "unknown"],
     ["folds", `${info.folds.length} (${info.folds.join(", ")}), probabilities averaged`],
     ["input", `${info.image_size} x ${info.image_size} px, ${info.tta_views} flip view(s)`],
+    ["patient metadata", info.metadata?.used ? `used (${info.metadata.fields.join(", ")})` : "not used"],
     ["Grad-CAM layers", `${info.gradcam.layers.join(", ")} (mean over ${info.gradcam.folds_averaged} folds)`],
     ["trained with", `crossderm ${info.trained_with.crossderm ?? "?"}, torch ${info.trained_with.torch ?? "?"}`],
   ];
@@ -61,9 +63,45 @@ function showProvenance(info) {
     for (const key of ["macro_f1", "accuracy", "balanced_accuracy"]) row.append(element("td", withCi(m[key])));
     body.append(row);
   }
+  showMetadataInputs(info.metadata);
   $("limits-hint").textContent =
-    `JPEG, PNG, TIFF, BMP or WebP; up to ${(info.limits.max_upload_bytes / 2 ** 20).toFixed(0)} MiB ` +
-    `and ${(info.limits.max_pixels / 1e6).toFixed(0)} megapixels`;
+    `JPEG, PNG, TIFF, BMP or WebP; up to ${(info.limits.max_upload_bytes / 2 ** 20).toFixed(0)} MiB, ` +
+    `${(info.limits.max_pixels / 1e6).toFixed(0)} megapixels and an aspect ratio of ${info.limits.max_aspect}:1`;
+}
+
+function showMetadataInputs(metadata) {
+  if (!metadata?.used) return;
+  const vocabulary = metadata.vocabulary;
+  const age = $("age");
+  age.min = String(vocabulary.age.min);
+  age.max = String(vocabulary.age.max);
+  for (const [id, values] of [["sex", vocabulary.sex], ["anatom-site", vocabulary.anatom_site]]) {
+    const select = $(id);
+    for (const value of values) {
+      const option = element("option", value);
+      option.value = value;
+      select.append(option);
+    }
+  }
+  $("metadata").hidden = false;
+}
+
+function score(value) {
+  return value === null || value === undefined ? "n/a" : value.toFixed(2);
+}
+
+function showOod(ood) {
+  const notice = $("ood-notice");
+  notice.hidden = !ood?.unlike_training;
+  notice.textContent = ood?.unlike_training
+    ? `This image looks unlike the training data (Mahalanobis score ${score(ood.ood_mahalanobis)}, 1.0 = the ` +
+      "95th percentile of validation images): treat the prediction with extra caution."
+    : "";
+  $("ood-scores").textContent = ood
+    ? `Out-of-distribution scores (higher = less like the training data): Mahalanobis ` +
+      `${score(ood.ood_mahalanobis)} (1.0 = the 95th percentile of validation images), energy ` +
+      `${score(ood.ood_energy)}, 1 - top probability ${score(ood.ood_msp)}.`
+    : "";
 }
 
 function showResult(data, fileName) {
@@ -89,6 +127,7 @@ function showResult(data, fileName) {
     `Grad-CAM for "${data.gradcam_class}": red regions raised this class's score most`;
   $("predicted").textContent =
     `Most probable class: ${data.predicted} (${data.predicted_name}), ${percent(data.probabilities[data.predicted])}`;
+  showOod(data.ood);
   $("result").hidden = false;
   setStatus(`${fileName}: ${data.image.width} x ${data.image.height} ${data.image.format}, ${data.elapsed_ms} ms`, "done");
 }
@@ -100,17 +139,31 @@ async function predict(file) {
       `${(model.limits.max_upload_bytes / 2 ** 20).toFixed(0)} MiB`, "error");
     return;
   }
+  if (model?.metadata?.used && $("age").validity.badInput) {
+    setStatus(`${file.name}: the age is not a number of years`, "error");
+    return;
+  }
   setStatus(`Predicting ${file.name} ...`, "busy");
   const body = new FormData();
   body.append("file", file, file.name);
+  if (model?.metadata?.used) {
+    body.append("age", $("age").value.trim());
+    body.append("sex", $("sex").value);
+    body.append("anatom_site", $("anatom-site").value);
+    body.append("impute_metadata", $("impute-metadata").checked ? "true" : "false");
+  }
   let response;
   let data;
   try {
     response = await fetch("/api/predict", { method: "POST", body });
-    data = await response.json();
   } catch (error) {
     setStatus(`No answer from the server (${error.message})`, "error");
     return;
+  }
+  try {
+    data = await response.json();
+  } catch (error) {
+    data = {}; // not JSON (e.g. a proxy's error page): the status line below says what happened
   }
   if (!response.ok) {
     setStatus(`${file.name}: ${data.error ?? `HTTP ${response.status}`}`, "error");
