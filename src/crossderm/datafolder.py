@@ -136,6 +136,9 @@ def load_dataset(data_dir: str | Path) -> PreparedData:
     for key in ("cache_file", "image_size"):
         if key not in info:
             raise CrossdermError(f"{info_path}: no {key!r} entry (run `crossderm prepare` again)")
+    size = info["image_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+        raise CrossdermError(f"{info_path}: 'image_size' {size!r} is not a side in pixels (8..4096)")
     try:
         manifest = pd.read_csv(manifest_path, dtype=TEXT_COLUMNS, keep_default_na=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -156,7 +159,7 @@ def check_manifest(manifest: pd.DataFrame, path: Path) -> None:
         bad = values.isna() | (values < 0) | (values != values.round())
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise CrossdermError(f"{at(path, row + 2)}: {column} {manifest[column].iat[row]!r} is not a count")
+            raise CrossdermError(f"{at(path, row + 2)}: {column} {str(manifest[column].iat[row])!r} is not a count")
         manifest[column] = values.astype(np.int64)
     unknown = ~manifest["label"].isin(CLASSES)
     if unknown.any():

@@ -15,7 +15,7 @@ from crossderm.labels import CLASSES
 from crossderm.runfolder import RunFolder
 from crossderm.train.config import load_config
 from crossderm.train.fold import fold_data
-from crossderm.train.protocols import jobs, site_keys
+from crossderm.train.protocols import job_images, jobs, site_keys
 
 FAST = ["model=test_efficientnet", "epochs=1", "batch_size=32", "eval_batch_size=128", "lr=3e-3",
         "channels_last=false"]
@@ -107,3 +107,24 @@ def test_site_matrix_run_keeps_every_cell_and_one_mean_per_image(synth_prepared:
             n = ((cells["train_site"] == train_site) & (site_keys(cells) == test_site)).sum()
             assert cell["n"] == n and train_site != test_site
     assert "site" in (run.path / "metrics.md").read_text().lower()
+
+
+def test_loso_never_trains_on_a_lesion_of_the_held_out_site_on_the_real_metadata(shared_data: Path) -> None:
+    """9 HAM10000 lesions (26 images) were photographed at both vidir_modern and vidir_molemax (the Dataverse
+    metadata): while either site is held out they are left out of training, and nothing else is."""
+    meta = pd.read_csv(shared_data / "extra" / "HAM10000_metadata_with_dataset.csv")
+    manifest = pd.DataFrame({"source": "ham", "site": meta["dataset"], "lesion_group": "ham:" + meta["lesion_id"],
+                             "image_id": meta["image_id"], "fold": 0})
+    spread = manifest.groupby("lesion_group")["site"].nunique()
+    spanning = manifest["lesion_group"].isin(spread[spread > 1].index)
+    assert (spread > 1).sum() == 9 and spanning.sum() == 26
+    config = load_config("demo_b_joint", ["protocol=loso", "train_sources=[ham]", "test_sources=[ham]"])
+    for job in jobs(manifest, config):
+        images = job_images(manifest, config, job)
+        held_out = (site_keys(manifest) == job.site).to_numpy()
+        assert images.test.tolist() == held_out.tolist()
+        train_groups = set(manifest["lesion_group"][images.train])
+        assert not train_groups & set(manifest["lesion_group"][images.test])
+        left_out = ~held_out & ~images.train
+        expected = spanning.to_numpy() & ~held_out if job.site in ("ham/vidir_modern", "ham/vidir_molemax") else 0
+        assert left_out.sum() == np.sum(expected)

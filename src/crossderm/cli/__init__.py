@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 import warnings
+from typing import NoReturn
 
 from crossderm import __version__
 from crossderm.errors import CrossdermError
@@ -26,8 +27,15 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     """Keep the hand-written examples in epilogs as they are and show defaults."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as the one line every other error is (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="crossderm",
         description="Cross-dataset dermoscopy: prepare -> split -> train -> predict -> evaluate -> report.",
         formatter_class=_Formatter,

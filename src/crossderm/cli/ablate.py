@@ -99,11 +99,13 @@ def submitit_parameters(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from crossderm.errors import CrossdermError
+    from crossderm.fsutil import check_writable_folder
     from crossderm.runtime import configure_threads
     from crossderm.train import ablation
 
     configure_threads(args.threads)
     check_bootstrap_options(args)
+    check_writable_folder(args.out, "--out")
     planning = {"--config": args.config, "--data": args.data, "--vary": args.vary or None}
     given = [name for name, value in planning.items() if value is not None]
     if given and len(given) < len(planning):

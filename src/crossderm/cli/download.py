@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from crossderm.cli.options import count
+
 # crossderm.download holds only the dataset names (no pandas): importing it keeps --help instant.
 from crossderm.download import DATASET_NAMES
 
@@ -49,18 +51,20 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type[argpa
     parser.add_argument("--overwrite", action="store_true", help="fetch again and replace a finished dataset folder")
     parser.add_argument("--keep-archives", action="store_true",
                         help="keep the downloaded zips in OUT/.crossderm-download/ after unpacking")
-    parser.add_argument("--retries", type=int, default=5,
+    parser.add_argument("--retries", type=count(0), default=5,
                         help="consecutive failed tries without progress before giving up on a file")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from crossderm.download.fetch import download_dataset, human_bytes
+    from crossderm.fsutil import check_writable_folder
 
+    check_writable_folder(args.out, "--out")
     results = []
     for name in dict.fromkeys(args.datasets):  # each once, in the order given
         results.append(download_dataset(name, args.out, overwrite=args.overwrite, keep_archives=args.keep_archives,
-                                        retries=max(args.retries, 0)))
+                                        retries=args.retries))
     for result in results:
         state = "already complete" if result.already else "done"
         print(f"\n{result.dataset}: {state} -> {result.folder}")

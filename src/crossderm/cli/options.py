@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from crossderm.defaults import BOOTSTRAP_SEED, GROUPINGS, MIN_GROUP_IMAGES, N_BOOTSTRAP, REFERENCE_SOURCE
 from crossderm.errors import CrossdermError
@@ -60,3 +61,36 @@ def _threads(value: str) -> int | str:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count or {ADAPTIVE}, got {value!r}") from None
+
+
+def count(minimum: int = 0, maximum: int | None = None):  # noqa: ANN201 (an argparse type)
+    """argparse type: a whole number in [minimum, maximum], checked before any work."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum or (maximum is not None and number > maximum):
+            upper = f" and <= {maximum}" if maximum is not None else ""
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}{upper}, got {value!r}")
+        return number
+
+    return parse
+
+
+def number(minimum: float = 0.0, maximum: float | None = None, above: bool = False):  # noqa: ANN201
+    """argparse type: a finite number >= minimum (> with ``above``) and <= maximum."""
+
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            x = math.nan
+        low_ok = x > minimum if above else x >= minimum
+        if not (math.isfinite(x) and low_ok and (maximum is None or x <= maximum)):
+            bound = f"{'>' if above else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
+            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {value!r}")
+        return x
+
+    return parse

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from crossderm.cli.options import count, number
 from crossderm.colour import COLOR_CONSTANCY
 
 EPILOG = """examples:
@@ -34,16 +35,18 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     parser.add_argument("--ham", type=Path, help="HAM10000 folder (HAM10000_metadata.csv + images in any subfolder)")
     parser.add_argument("--isic", type=Path, help="ISIC 2019 folder (training ground truth + metadata CSVs, images)")
     parser.add_argument("--out", type=Path, required=True, help="DATA_DIR to create")
-    parser.add_argument("--folds", type=int, default=5, help="folds per source")
+    parser.add_argument("--folds", type=count(2), default=5, help="folds per source")
     parser.add_argument("--splits", type=Path, help="reuse the folds of a split file (e.g. splits/*.csv) instead")
-    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
-    parser.add_argument("--image-size", type=int, default=224, help="side of the cached square images (px)")
+    parser.add_argument("--seed", type=count(0, 2**32 - 1), default=0, help="fold assignment seed")
+    parser.add_argument("--image-size", type=count(8, 4096), default=224, help="side of the cached square images (px)")
     parser.add_argument("--allow-missing", action="store_true", help="drop (and count) rows whose image is absent")
     parser.add_argument("--label-map", type=Path, help="YAML {ISIC_COLUMN: ham_class or null} overriding the default")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
-    parser.add_argument("--max-hamming", type=int, default=8, help="pHash distance for near-duplicate candidates")
+    parser.add_argument("--workers", type=count(1), default=None, help="decoding processes (default: all cores)")
+    parser.add_argument("--max-hamming", type=count(0, 64), default=8,
+                        help="pHash distance for near-duplicate candidates")
     parser.add_argument(
-        "--min-correlation", type=float, default=0.95, help="grey-level correlation confirming a near-duplicate"
+        "--min-correlation", type=number(-1.0, 1.0), default=0.95,
+        help="grey-level correlation confirming a near-duplicate",
     )
     parser.add_argument("--ham-metadata", type=Path, metavar="FILE",
                         help="HAM10000 metadata to use instead of the download's (e.g. the Dataverse file with "

@@ -10,7 +10,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
-from crossderm.cli.options import add_threads_option
+from crossderm.cli.options import add_threads_option, count, number
 from crossderm.defaults import SERVE_MAX_PIXELS
 from crossderm.errors import CrossdermError
 
@@ -43,14 +43,15 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     )
     serve.add_argument("--model", type=Path, required=True, metavar="RUN_DIR", help="finished run folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: this computer only)")
-    serve.add_argument("--port", type=int, default=8000, help="TCP port")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB")
-    serve.add_argument("--max-pixels", type=int, default=SERVE_MAX_PIXELS, help="largest accepted width x height")
-    serve.add_argument("--timeout-s", type=float, default=30.0,
+    serve.add_argument("--port", type=count(0, 65535), default=8000, help="TCP port")
+    serve.add_argument("--max-upload-mb", type=number(0.0, above=True), default=10.0,
+                       help="largest accepted upload in MiB")
+    serve.add_argument("--max-pixels", type=count(1), default=SERVE_MAX_PIXELS, help="largest accepted width x height")
+    serve.add_argument("--timeout-s", type=number(0.0, above=True), default=30.0,
                        help="per-request limit, queueing included; past it the work is stopped")
-    serve.add_argument("--max-work-s", type=float, default=10.0,
+    serve.add_argument("--max-work-s", type=number(0.0, above=True), default=10.0,
                        help="how long one image may keep the model worker busy; past it the work is stopped")
-    serve.add_argument("--max-memory-mb", type=float, default=1024.0,
+    serve.add_argument("--max-memory-mb", type=number(0.0, above=True), default=1024.0,
                        help="memory one request may use in the model worker (decode + model), in MiB")
     serve.add_argument("--no-spare-worker", dest="spare_worker", action="store_false",
                        help="after a stopped request, do not keep a warm spare model worker (saves its memory; each "

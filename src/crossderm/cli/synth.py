@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from crossderm.cli.options import count, number
+
 # crossderm.synth holds only the generator's defaults (no numpy, no PIL): importing it keeps --help instant.
 from crossderm.synth import (
     DEFAULT_HAM_LESIONS,
@@ -43,22 +45,24 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type[argpa
         formatter_class=formatter_class,
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (written atomically)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
-    parser.add_argument("--ham-lesions", type=int, default=DEFAULT_HAM_LESIONS,
+    parser.add_argument("--seed", type=count(0, 2**32 - 1), default=DEFAULT_SEED, help="random seed")
+    parser.add_argument("--ham-lesions", type=count(1), default=DEFAULT_HAM_LESIONS,
                         help="HAM10000 lesions (about 1.35 images each; also rows of ISIC 2019)")
-    parser.add_argument("--isic-lesions", type=int, default=DEFAULT_ISIC_LESIONS,
+    parser.add_argument("--isic-lesions", type=count(1), default=DEFAULT_ISIC_LESIONS,
                         help="ISIC-only lesions, 70%% BCN-like (1-3 images each), 30%% MSK-like (mostly 1)")
-    parser.add_argument("--min-per-class", type=int, default=DEFAULT_MIN_PER_CLASS,
+    parser.add_argument("--min-per-class", type=count(0), default=DEFAULT_MIN_PER_CLASS,
                         help="minimum lesions per class and site")
-    parser.add_argument("--image-scale", type=float, default=DEFAULT_IMAGE_SCALE,
+    parser.add_argument("--image-scale", type=number(0.0, above=True), default=DEFAULT_IMAGE_SCALE,
                         help="scale of all image sizes (1.0: HAM 160x120, BCN 192x192, MSK 224x168)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from crossderm.fsutil import check_writable_folder
     from crossderm.synth.generator import generate
 
+    check_writable_folder(args.out, "--out")
     summary = generate(
         args.out,
         ham_lesions=args.ham_lesions,

@@ -17,6 +17,12 @@ from crossderm.models.metadata_fusion import MetadataFusion
 from crossderm.models.pretrained import PretrainedPath, timm_model
 
 
+def check_model_name(name: str) -> None:
+    """A model timm's registry (ours included) can build; checked before a run writes anything."""
+    if not timm.is_model(name) and name not in timm.list_models():
+        raise CrossdermError(f"unknown model {name!r} (any timm model name, or one of {fusion_models()})")
+
+
 def create_model(
     name: str,
     num_classes: int = 7,
@@ -35,8 +41,7 @@ def create_model(
     if metadata:
         backbone = create_model(name, 0, pretrained, pretrained_path, drop_rate, drop_path_rate)
         return MetadataFusion(backbone, num_classes, drop_rate=drop_rate)
-    if name not in timm.list_models() and not timm.is_model(name):
-        raise CrossdermError(f"unknown model {name!r} (any timm model name, or one of {fusion_models()})")
+    check_model_name(name)
     if name.startswith("crossderm_fusion_"):
         paths = pretrained_path if isinstance(pretrained_path, Mapping) else {}
         if isinstance(pretrained_path, str):

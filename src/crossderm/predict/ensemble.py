@@ -22,7 +22,7 @@ from crossderm.errors import CrossdermError
 from crossderm.evaluate.calibration import apply_temperature
 from crossderm.fsutil import lock_holder, sha256_file
 from crossderm.models.card import ModelCard, read_card, verify_weights
-from crossderm.models.factory import create_model
+from crossderm.models.factory import check_model_name, create_model
 from crossderm.models.ood import MahalanobisStatistics, msp_score, ood_scores
 from crossderm.models.preprocess import Normalise, to_unit_float
 from crossderm.models.tta import Inputs, tta_outputs
@@ -40,6 +40,10 @@ def load_fold(folder: FoldFolder, device: torch.device) -> FoldModel:
     """One fold's best weights, integrity-checked against its model card."""
     card = read_card(folder.model_card)
     weights = verify_weights(card, folder.model_card)
+    try:
+        check_model_name(card.model)
+    except CrossdermError as exc:
+        raise CrossdermError(f"{folder.model_card}: {exc}") from None
     model = create_model(card.model, num_classes=len(card.classes), metadata=card.metadata)
     try:
         model.load_state_dict(load_file(weights, device="cpu"), strict=True)

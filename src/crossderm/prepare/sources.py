@@ -63,6 +63,8 @@ def read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     """Every cell as a string, stripped (ids like ``ISIC_0000000`` and blank cells stay as they are); blank rows are
     skipped and each row is indexed by its line in the file (:func:`crossderm.csvtable.read_table`)."""
     frame, header_line = read_table(path)
+    if frame.empty:
+        raise CrossdermError(f"{path}: no data rows (only a header)")
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise CrossdermError(

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from crossderm.datafolder import check_grouped_folds
-from crossderm.errors import CrossdermError
+from crossderm.errors import CrossdermError, at
 
 
 def lesion_groups(table: pd.DataFrame) -> pd.Series:
@@ -56,13 +56,22 @@ def folds_from_file(table: pd.DataFrame, path: Path) -> pd.Series:
     Reusing the exact file makes folds independent of the scikit-learn version and of the seed. Every
     labelled image must be listed, with the same lesion group; the grouping check runs again.
     """
-    try:
-        splits = pd.read_csv(path, dtype={"image_id": str, "lesion_group": str}, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise CrossdermError(f"{path}: cannot read split file ({str(exc).splitlines()[0]})") from None
+    from crossderm.csvtable import read_table
+
+    splits, header_line = read_table(path, "split file")
     missing_columns = [c for c in ("source", "image_id", "fold") if c not in splits.columns]
     if missing_columns:
-        raise CrossdermError(f"{path}:1: missing column(s) {', '.join(missing_columns)}")
+        raise CrossdermError(f"{at(path, header_line)}: missing column(s) {', '.join(missing_columns)}")
+    bad_fold = ~splits["fold"].str.fullmatch(r"\d{1,3}")
+    if bad_fold.any():
+        line = int(splits.index[bad_fold][0])
+        raise CrossdermError(f"{at(path, line)}: fold {splits.at[line, 'fold']!r} is not a fold number")
+    repeated = splits.duplicated(["source", "image_id"], keep="first")
+    if repeated.any():
+        line = int(splits.index[repeated][0])
+        raise CrossdermError(f"{at(path, line)}: image {splits.at[line, 'image_id']} of {splits.at[line, 'source']} "
+                             "is listed twice")
+    splits = splits.assign(fold=splits["fold"].astype(int)).reset_index(drop=True)
     merged = table[["source", "image_id", "lesion_group"]].merge(
         splits, on=["source", "image_id"], how="left", suffixes=("", "_file"), validate="one_to_one"
     )

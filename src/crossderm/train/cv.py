@@ -31,11 +31,12 @@ from crossderm.fsutil import (
     recover_directory,
     remove_stale_staging,
 )
+from crossderm.models.factory import check_model_name
 from crossderm.runfolder import FoldFolder, RunFolder
 from crossderm.runtime import Runtime, barrier, tune_cpu_allocator
 from crossderm.train.config import ExperimentConfig
 from crossderm.train.engine import has_checkpoint
-from crossderm.train.fold import setup_fold, train_fold
+from crossderm.train.fold import setup_fold, starting_state, train_fold
 from crossderm.train.outputs import predict_fold
 from crossderm.train.pooling import pool
 from crossderm.train.protocols import Job, jobs
@@ -77,21 +78,33 @@ def environment(runtime: Runtime) -> dict:
     }
 
 
+def check_same_run(run: RunFolder, config: ExperimentConfig, data_dir: Path) -> None:
+    """Once any fold has started, another config or another DATA_DIR for the same run folder is refused (a run
+    that failed before its first epoch may be retried with a corrected one)."""
+    if not any(has_checkpoint(f) or f.finished for f in run.folds()):
+        return
+    if run.config.is_file():
+        try:
+            recorded_config = yaml.safe_load(run.config.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise CrossdermError(f"{run.config}: not a readable config ({' '.join(str(exc).split())[:120]}); "
+                                 "use a new --out") from None
+        if recorded_config != config.to_dict():
+            raise CrossdermError(f"{run.config}: this run folder was made with a different config; use a new --out")
+    if run.run_info.is_file():
+        recorded = run.read_run_info().get("data")
+        if recorded and Path(recorded) != data_dir.absolute():
+            raise CrossdermError(f"{run.run_info}: this run folder was trained on {recorded}, not "
+                                 f"{data_dir.absolute()}; use a new --out")
+
+
 def _write_run_files(
     run: RunFolder, config: ExperimentConfig, data_dir: Path, jobs: list[Job], runtime: Runtime, parameters: int
 ) -> None:
     """Record the resolved config and the data once; once any fold has started, another config or another
     DATA_DIR for the same run folder is refused (a run that failed before its first epoch may be retried)."""
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    started = any(has_checkpoint(f) or f.finished for f in run.folds())
-    if started and run.config.is_file() and yaml.safe_load(run.config.read_text()) != config.to_dict():
-        raise CrossdermError(f"{run.config}: this run folder was made with a different config; use a new --out")
-    if started and run.run_info.is_file():
-        recorded = run.read_run_info().get("data")
-        if recorded and Path(recorded) != data_dir.absolute():
-            raise CrossdermError(f"{run.run_info}: this run folder was trained on {recorded}, not "
-                                 f"{data_dir.absolute()}; use a new --out")
-    atomic_write_text(run.config, text)
+    check_same_run(run, config, data_dir)
+    atomic_write_text(run.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
     atomic_write_json(
         run.run_info,
         {
@@ -131,6 +144,12 @@ def run_cv(
         tune_cpu_allocator()
     run = RunFolder(run_dir)
     all_jobs = jobs(data.manifest, config)
+    known = [job.fold for job in all_jobs]
+    unknown = [fold for fold in folds or [] if fold not in known]
+    if unknown:
+        raise CrossdermError(f"fold {unknown[0]} does not exist (folds: {known})")
+    check_model_name(config.model)
+    check_same_run(run, config, data_dir)
     with open_tracker(run, config.to_dict(), tracking, runtime.is_main) as tracker:
         for fold in folds if folds is not None else [job.fold for job in all_jobs]:
             folder = run.fold(fold)
@@ -168,6 +187,7 @@ def _run_fold(config: ExperimentConfig, data: PreparedData, cache: np.ndarray, d
     folder = run.fold(fold)
     started = time.perf_counter()
     setup = setup_fold(config, data.manifest, cache, fold, runtime)
+    state = starting_state(setup, folder, resume)
     if runtime.is_main:
         folder.path.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(run.path, "crossderm cv, writing config.yaml and run.json", wait=True):
@@ -180,7 +200,7 @@ def _run_fold(config: ExperimentConfig, data: PreparedData, cache: np.ndarray, d
             + f" images; {config.model} ({setup.parameters / 1e6:.2f} M parameters) on {runtime.device}"
             + (f" x{runtime.world_size}" if runtime.world_size > 1 else "")
         )
-    state = train_fold(setup, folder, resume, tracker)
+    state = train_fold(setup, folder, resume, tracker, state)
     predictions = predict_fold(setup, folder, state)
     if runtime.is_main:
         atomic_write_text(folder.predictions, predictions.to_csv(index=False))

@@ -146,20 +146,31 @@ def setup_fold(
     )
 
 
-def train_fold(setup: FoldSetup, folder: FoldFolder, resume: bool, tracker: Tracker | None = None) -> dict[str, Any]:
+def starting_state(setup: FoldSetup, folder: FoldFolder, resume: bool) -> dict[str, Any]:
+    """The progress to train from: fresh, or the checkpoint's (loaded into the model and optimiser). Separate
+    from :func:`train_fold` so that a missing ``--resume`` or a damaged checkpoint fails before anything is
+    written."""
+    if not resume and engine.has_checkpoint(folder):
+        raise CrossdermError(f"{folder.path}: has a checkpoint; pass --resume to continue it")
+    if resume and engine.has_checkpoint(folder):
+        state = engine.load_checkpoint(folder, setup.model, setup.optimizer, setup.scheduler, setup.runtime.device)
+        if setup.runtime.is_main:
+            print(f"fold {setup.fold}: resuming after epoch {state['epoch']}")
+        return state
+    return {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "stale_epochs": 0, "history": []}
+
+
+def train_fold(setup: FoldSetup, folder: FoldFolder, resume: bool, tracker: Tracker | None = None,
+               state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train the epochs not yet done; the best epoch's weights go to ``best.safetensors``. Returns the progress.
 
-    ``tracker`` gets each epoch's history row once its checkpoint is written (crossderm.train.tracking).
+    ``tracker`` gets each epoch's history row once its checkpoint is written (crossderm.train.tracking);
+    ``state``: what :func:`starting_state` returned, when the caller already asked it.
     """
     config, runtime, fold = setup.config, setup.runtime, setup.fold
     tracker = tracker or Tracker()
-    if not resume and engine.has_checkpoint(folder):
-        raise CrossdermError(f"{folder.path}: has a checkpoint; pass --resume to continue it")
-    state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "stale_epochs": 0, "history": []}
-    if resume and engine.has_checkpoint(folder):
-        state = engine.load_checkpoint(folder, setup.model, setup.optimizer, setup.scheduler, runtime.device)
-        if runtime.is_main:
-            print(f"fold {fold}: resuming after epoch {state['epoch']}")
+    if state is None:
+        state = starting_state(setup, folder, resume)
     if runtime.is_main:
         tracker.start_fold(fold, setup.data.job.name, state["history"])
     for epoch in range(state["epoch"], config.epochs):

@@ -60,6 +60,8 @@ def pooled_predictions(run: RunFolder, protocol: str) -> tuple[pd.DataFrame, pd.
             "for each, then pool again (pooling a subset would evaluate part of the data as if it were all)"
         )
     tested = pd.concat([read_fold_predictions(run.fold(k).predictions) for k in expected], ignore_index=True)
+    for k in expected:  # the calibration reads them after the pooled files are written: check them first
+        read_fold_predictions(run.fold(k).val_predictions)
     externals = [run.fold(k).external_predictions for k in expected if run.fold(k).external_predictions.is_file()]
     matrix = None
     if protocol == "site-matrix":
