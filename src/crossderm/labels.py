@@ -68,7 +68,7 @@ def read_class_map(path: str | Path, keys: Iterable[str] | None = None) -> dict[
         if allowed is not None and key not in allowed:
             raise CrossdermError(f"{path}: unknown label {key!r} (expected one of {', '.join(allowed)})")
         if value is not None and value not in CLASSES:
-            raise CrossdermError(f"{path}: {key} -> {value!r} is not one of {', '.join(CLASSES)} or null")
+            raise CrossdermError(f"{path}: {key!r} -> {value!r} is not one of {', '.join(CLASSES)} or null")
         mapping[str(key)] = value
     return mapping
 
