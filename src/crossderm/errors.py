@@ -18,7 +18,8 @@ def at(path: str | Path, row: int | None = None) -> str:
 def validation_message(exc: Any) -> str:
     """A pydantic ``ValidationError``'s first error as ``field: reason`` on one line (+ how many more)."""
     first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"])
+    # a field is a key the user typed (``--set 'a\rb=1'``): quoted unless printable, so the message stays one line
+    field = ".".join(str(part) if str(part).isprintable() else repr(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     more = exc.error_count() - 1
     return (f"{field}: {message}" if field else message) + (f" ({more} more)" if more else "")

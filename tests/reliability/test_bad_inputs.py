@@ -346,8 +346,8 @@ def dup_line(source: int) -> Callable[[list[str]], list[str]]:
     return lambda rows: [*rows, rows[source - 1]]
 
 
-case(OPTION, "folds-1", [*HAM, "--folds", "1"], "--folds", "at least 2")
-case(OPTION, "folds-0", [*HAM, "--folds", "0"], "--folds", "at least 2")
+case(OPTION, "folds-1", [*HAM, "--folds", "1"], "--folds", "whole number >= 2")
+case(OPTION, "folds-0", [*HAM, "--folds", "0"], "--folds", "whole number >= 2")
 case(OPTION, "folds-not-int", [*HAM, "--folds", "two"], "--folds", "'two'")
 case(OPTION, "folds-more-than-lesions", [*HAM, "--folds", "20"], "'ham'", "fewer than 20 folds")
 case(OPTION, "image-size-0", [*HAM, "--image-size", "0"], "--image-size", "0")
