@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crossderm.defaults import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from crossderm.errors import CrossdermError, at
 from crossderm.fsutil import read_json
 from crossderm.labels import CLASSES
@@ -137,8 +138,10 @@ def load_dataset(data_dir: str | Path) -> PreparedData:
         if key not in info:
             raise CrossdermError(f"{info_path}: no {key!r} entry (run `crossderm prepare` again)")
     size = info["image_size"]
-    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
-        raise CrossdermError(f"{info_path}: 'image_size' {size!r} is not a side in pixels (8..4096)")
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise CrossdermError(
+            f"{info_path}: 'image_size' {size!r} is not a side in pixels ({MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE})"
+        )
     try:
         manifest = pd.read_csv(manifest_path, dtype=TEXT_COLUMNS, keep_default_na=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

@@ -10,6 +10,10 @@ REFERENCE_SOURCE = "ham"
 # Test-time augmentation: identity, horizontal flip, vertical flip, both (crossderm.models.tta.VIEW_FLIPS).
 MAX_TTA_VIEWS = 4
 TTA_VIEW_CHOICES = range(1, MAX_TTA_VIEWS + 1)
+# Side (px) of the square images a prepared cache holds and a model takes: below 8 the stem's downsampling leaves
+# nothing; 4096 is far beyond any dermoscopy model and bounds the cache a typo could ask for.
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 4096
 # Largest image (width x height, from the header, before decoding) that predict/explain and serve accept. Below
 # Pillow's decompression-bomb threshold (89.5 MP), so users meet this clear cap first; dermoscopy originals are a
 # few tens of megapixels at most. The web server's is lower: its uploads come from anyone who can reach it.

@@ -295,8 +295,8 @@ case(INPUT, "marker-garbage", "download ham10000 --out {tmp}", ".crossderm-downl
 
 # synth
 case(OPTION, "ham-lesions-3", "synth --out {out} --ham-lesions 3", "HAM")
-case(OPTION, "isic-lesions-0", "synth --out {out} --isic-lesions 0", "ISIC")
-case(OPTION, "image-scale-0", "synth --out {out} --image-scale 0", "image scale 0")
+case(OPTION, "isic-lesions-0", "synth --out {out} --isic-lesions 0", "--isic-lesions", "whole number >= 1")
+case(OPTION, "image-scale-0", "synth --out {out} --image-scale 0", "--image-scale", "finite number > 0")
 case(OPTION, "image-scale-huge", "synth --out {out} --image-scale 1000", "image scale 1000")
 case(OPTION, "seed-negative", "synth --out {out} --seed -1", "seed")
 case(OPTION, "min-per-class-negative", "synth --out {out} --min-per-class -1", "--min-per-class")
@@ -1058,7 +1058,7 @@ case(RUN, "model-missing", [*EXPLAIN[:2], "{tmp}/norun", *EXPLAIN[3:]], "norun",
 case(RUN, "weights-tampered", EXPLAIN, "fold_2/best.safetensors", "sha256 does not match",
      setup=run_copy(lambda r: flip_byte(r / "fold_2" / "best.safetensors")))
 for name, bad, why in (("missing", "absent.jpg", "no such file"), ("text", "text.jpg", "not a supported image"),
-                       ("truncated", "truncated.jpg", "cannot decode"), ("empty", "empty.jpg", "image"),
+                       ("truncated", "truncated.jpg", "cannot read the image header"), ("empty", "empty.jpg", "image"),
                        ("wide", "wide.png", "aspect ratio")):
     case(IMAGE, f"image-{name}", [*EXPLAIN[:4], f"{{img}}/{bad}", *EXPLAIN[4:]], bad, why)
 case(IMAGE, "over-max-pixels", [*EXPLAIN, "--max-pixels", "100"], "good.jpg", "limit is 100")
@@ -1067,9 +1067,9 @@ case(OPTION, "class-unknown", [*EXPLAIN, "--class", "melanoma"], "--class", "'me
 case(OPTION, "threads-negative", [*EXPLAIN[:-1], "-1"], "--threads", "-1")
 case(OPTION, "device-unknown", [*EXPLAIN, "--device", "tpu"], "--device tpu")
 case(OPTION, "same-image-id", [*EXPLAIN[:4], "{img}/good.jpg", *EXPLAIN[4:]], "'good'")
-case(OUTPUT, "out-is-file", [*EXPLAIN[:5], "--out", "{file}", *EXPLAIN[7:]], "--out", "afile")
-case(OUTPUT, "out-under-file", [*EXPLAIN[:5], "--out", "{under}", *EXPLAIN[7:]], "--out", "afile")
-case(OUTPUT, "out-proc", [*EXPLAIN[:5], "--out", "{proc}", *EXPLAIN[7:]], "--out", "/proc")
+case(OUTPUT, "out-is-file", [*EXPLAIN[:4], "--out", "{file}", *EXPLAIN[6:]], "--out", "afile")
+case(OUTPUT, "out-under-file", [*EXPLAIN[:4], "--out", "{under}", *EXPLAIN[6:]], "--out", "afile")
+case(OUTPUT, "out-proc", [*EXPLAIN[:4], "--out", "{proc}", *EXPLAIN[6:]], "--out", "/proc")
 
 # demo: every option is checked before the synthetic data are written
 DEMO = ["demo", "--out", "{out}", "--threads", "1"]

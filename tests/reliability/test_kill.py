@@ -24,7 +24,9 @@ def reference_fold(synth_prepared: Path, tmp_path_factory: pytest.TempPathFactor
     return out
 
 
-@pytest.mark.parametrize("nth_replace", [2, 5, 7, 8, 13, 19])
+# Two points in the default suite (a checkpoint write, a fold's final file), the rest with ``-m slow``: each
+# point is a killed and a resumed cv run in subprocesses (~40 s).
+@pytest.mark.parametrize("nth_replace", [2, 13, *(pytest.param(n, marks=pytest.mark.slow) for n in (5, 7, 8, 19))])
 def test_cv_killed_inside_a_write_resumes_to_identical_files(
     nth_replace: int, synth_prepared: Path, reference_fold: Path, tmp_path: Path
 ) -> None:

@@ -265,3 +265,34 @@ def test_the_report_renders_the_ablation(ablated: Path, tmp_path: Path, capsys: 
     (stale / "ablation_results.json").write_text(json.dumps(results))
     assert main(["report", "--ablation", str(stale), "--out", str(tmp_path / "r4")]) == 2
     assert "differ from its metrics.json" in capsys.readouterr().err
+
+
+def test_an_ablation_on_one_fold_pairs_that_folds_images_says_so_and_extends_to_all_folds(
+    synth_prepared: Path, ablated: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "one_fold"
+    assert main([*plan_args(synth_prepared, out), "--set", "only_folds=[3]"]) == 0
+    assert "only_folds [3]: these metrics cover the test images of those folds only" in capsys.readouterr().out
+    assert [job.fold for job in read_plan(out).jobs] == [3, 3]  # one job per variant
+    manifest = pd.read_csv(synth_prepared / "manifest.csv")
+    fold3 = manifest[manifest["fold"] == 3]
+    for variant in VARIANTS:
+        run = RunFolder(out / variant)
+        assert run.read_run_info()["folds"] == [3] and [f.path.name for f in run.folds()] == ["fold_3"]
+        oof = pd.read_csv(run.oof_predictions)
+        assert sorted(oof["image_id"]) == sorted(fold3["image_id"]) and (oof["fold"] == 3).all()
+    assert RunFolder(out / "baseline").read_metrics()["sources"]["ham"]["n"] == int((fold3["source"] == "ham").sum())
+    _, table = results_files(out)
+    assert "only_folds=[3]" in table and "**Partial evaluation**" in table
+    # the same command without only_folds keeps fold 3 of each variant and trains the other four
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("*/fold_3/*")}
+    assert main(plan_args(synth_prepared, out)) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/fold_3/*")} == kept
+    assert len(read_plan(out).jobs) == len(VARIANTS) * FOLDS
+    extended, table = results_files(out)
+    full, _ = results_files(ablated)  # the same ablation run on all folds at once: the same numbers
+    assert extended["sources"] == full["sources"] and extended["sites"] == full["sites"]
+    assert "Partial evaluation" not in table
+    # narrowing it again is another plan
+    assert main([*plan_args(synth_prepared, out), "--set", "only_folds=[3]"]) == 2
+    assert "made with a different plan" in capsys.readouterr().err

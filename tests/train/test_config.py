@@ -61,6 +61,11 @@ def test_nested_augment_setting() -> None:
         ("epochs", "expected key=value"),
         ("=3", "expected key=value"),
         ("epochs=[1", "the value is not valid YAML"),
+        ("only_folds=[0, 0]", "only_folds: must be distinct fold numbers >= 0"),
+        ("only_folds=[-1]", "only_folds: must be distinct fold numbers >= 0"),
+        ("only_folds=[]", "only_folds: List should have at least 1 item"),
+        ("only_folds=[true]", "only_folds.0: Input should be a valid integer"),
+        ("only_folds=2", "only_folds: Input should be a valid list"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(override: str, message: str) -> None:

@@ -128,3 +128,23 @@ def test_loso_never_trains_on_a_lesion_of_the_held_out_site_on_the_real_metadata
         left_out = ~held_out & ~images.train
         expected = spanning.to_numpy() & ~held_out if job.site in ("ham/vidir_modern", "ham/vidir_molemax") else 0
         assert left_out.sum() == np.sum(expected)
+
+
+@pytest.mark.parametrize("protocol", ["cv", "loso"])
+def test_only_folds_keeps_those_jobs_of_the_protocol(synth_prepared: Path, protocol: str) -> None:
+    manifest = load_dataset(synth_prepared).manifest
+    every = jobs(manifest, load_config("demo_b_joint", [*FAST, f"protocol={protocol}", "min_site_images=20"]))
+    some = jobs(manifest, load_config("demo_b_joint", [*FAST, f"protocol={protocol}", "min_site_images=20",
+                                                       "only_folds=[3, 1]"]))
+    assert [(j.fold, j.name) for j in some] == [(j.fold, j.name) for j in every if j.fold in (1, 3)]
+    assert len(every) >= 4
+
+
+def test_only_folds_naming_a_missing_fold_is_refused_before_any_work(
+    synth_prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["cv", "--config", "demo_b_joint", "--data", str(synth_prepared), "--out", str(tmp_path / "r"),
+            "--set", "only_folds=[0, 7]"]
+    assert main(args) == 2
+    assert "only_folds: fold 7 does not exist (the cv folds: [0, 1, 2, 3, 4])" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -52,6 +52,16 @@ def test_class_balanced_gives_each_class_a_seventh(real_train: pd.DataFrame) -> 
     assert np.allclose(share.to_numpy(), 1 / 7, atol=0.005)
 
 
+def test_class_sqrt_gives_each_class_a_share_proportional_to_the_root_of_its_count(real_train: pd.DataFrame) -> None:
+    counts = real_train["label"].value_counts().reindex(CLASSES)
+    expected = np.sqrt(counts) / np.sqrt(counts).sum()
+    share = _draw(real_train, "class_sqrt")["label"].value_counts(normalize=True).reindex(CLASSES)
+    assert np.allclose(share.to_numpy(), expected.to_numpy(), atol=0.004)
+    # nv (half the images) falls to under a third of the draws; df, the rarest, gets several times its share
+    assert counts["nv"] / counts.sum() > 0.45 and 0.25 < share["nv"] < 0.33
+    assert share["df"] > 3 * counts["df"] / counts.sum()
+
+
 def test_source_class_balanced_equalises_cells(real_train: pd.DataFrame) -> None:
     drawn = _draw(real_train, "source_class_balanced")
     share = drawn.groupby(["source", "label"]).size() / len(drawn)

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from crossderm.cli.options import add_bootstrap_options, add_threads_option, check_bootstrap_options
+from crossderm.cli.options import add_bootstrap_options, add_threads_option, check_bootstrap_options, count, image_size
 
 EXPERIMENTS = ("demo_a_ham_only", "demo_b_joint")
 EPILOG = """examples:
@@ -30,10 +30,11 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
         formatter_class=formatter_class,
     )
     parser.add_argument("--out", type=Path, default=Path("demo"), help="folder for data, runs and report")
-    parser.add_argument("--ham-lesions", type=int, default=None, help="synthetic HAM lesions (default: synth's)")
-    parser.add_argument("--isic-lesions", type=int, default=None, help="synthetic ISIC-only lesions (default: synth's)")
-    parser.add_argument("--image-size", type=int, default=48, help="cached image side (px)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
+    parser.add_argument("--ham-lesions", type=count(1), default=None, help="synthetic HAM lesions (default: synth's)")
+    parser.add_argument("--isic-lesions", type=count(1), default=None,
+                        help="synthetic ISIC-only lesions (default: synth's)")
+    parser.add_argument("--image-size", type=image_size, default=48, help="cached image side (px)")
+    parser.add_argument("--epochs", type=count(1), default=None, help="override the presets' epochs")
     add_bootstrap_options(parser, seed=False, reference=False)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_threads_option(parser)
@@ -43,15 +44,18 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
 def run(args: argparse.Namespace) -> int:
     from crossderm.api import cross_validate, prepare_data, synthesize, write_report
     from crossderm.datafolder import AUDIT_MD, MANIFEST
+    from crossderm.fsutil import check_writable_folder
     from crossderm.prepare.sources import HAM_FOLDER, ISIC_FOLDER, ISIC_GROUND_TRUTH
-    from crossderm.runtime import configure_threads
+    from crossderm.runtime import Runtime, configure_threads
 
     configure_threads(args.threads)
     check_bootstrap_options(args)
+    check_writable_folder(args.out, "--out")
+    Runtime.resolve(args.device)  # an unknown --device fails here, before the synthetic data are written
     started = time.perf_counter()
     raw, prepared, runs = args.out / "data" / "raw", args.out / "data" / "prepared", args.out / "runs"
     if not (raw / ISIC_FOLDER / ISIC_GROUND_TRUTH).is_file():
-        synthesize(raw, ham_lesions=args.ham_lesions or None, isic_lesions=args.isic_lesions or None, seed=0,
+        synthesize(raw, ham_lesions=args.ham_lesions, isic_lesions=args.isic_lesions, seed=0,
                    overwrite=True)
     _step("synthetic data", raw, started)
     if not (prepared / MANIFEST).is_file():

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from crossderm.imaging import ImageError, decode
     from crossderm.predict.ensemble import Ensemble
     from crossderm.predict.gradcam import DISPLAY_SIZE, explain_image
-    from crossderm.runtime import configure_threads
+    from crossderm.runtime import Runtime, configure_threads
 
     configure_threads(args.threads)
     if args.max_pixels < 1:
@@ -53,13 +53,15 @@ def run(args: argparse.Namespace) -> int:
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:
         raise CrossdermError(f"two inputs share the image id {repeated[0]!r}; one overlay would overwrite the other")
-    ensemble = Ensemble(args.model, device=args.device)
+    ensemble = Ensemble(args.model, device=Runtime.resolve(args.device).device)
     target = CLASS_INDEX[args.class_name] if args.class_name else None
+    images = []  # every image decoded before the first overlay is written: a bad one in the list costs no output
     for path in args.images:
         try:
-            image = decode(path, ensemble.image_size, args.max_pixels, DISPLAY_SIZE)
+            images.append(decode(path, ensemble.image_size, args.max_pixels, DISPLAY_SIZE))
         except ImageError as exc:
             raise CrossdermError(f"{path}: {exc}") from None
+    for path, image in zip(args.images, images, strict=True):
         result = explain_image(ensemble, image, target)
         out = args.out / f"{path.stem}_gradcam.png"
         atomic_write_bytes(out, result.png)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import math
 
-from crossderm.defaults import BOOTSTRAP_SEED, GROUPINGS, MIN_GROUP_IMAGES, N_BOOTSTRAP, REFERENCE_SOURCE
+from crossderm.defaults import (
+    BOOTSTRAP_SEED,
+    GROUPINGS,
+    MAX_IMAGE_SIZE,
+    MIN_GROUP_IMAGES,
+    MIN_IMAGE_SIZE,
+    N_BOOTSTRAP,
+    REFERENCE_SOURCE,
+)
 from crossderm.errors import CrossdermError
 
 
@@ -77,6 +85,11 @@ def count(minimum: int = 0, maximum: int | None = None):  # noqa: ANN201 (an arg
         return number
 
     return parse
+
+
+def image_size(value: str) -> int:
+    """argparse type: the side (px) of the cached square images."""
+    return count(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)(value)
 
 
 def number(minimum: float = 0.0, maximum: float | None = None, above: bool = False):  # noqa: ANN201

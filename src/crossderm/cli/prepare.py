@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crossderm.cli.options import count, number
+from crossderm.cli.options import count, image_size, number
 from crossderm.colour import COLOR_CONSTANCY
 
 EPILOG = """examples:
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction, formatter_class: type) -> N
     parser.add_argument("--folds", type=count(2), default=5, help="folds per source")
     parser.add_argument("--splits", type=Path, help="reuse the folds of a split file (e.g. splits/*.csv) instead")
     parser.add_argument("--seed", type=count(0, 2**32 - 1), default=0, help="fold assignment seed")
-    parser.add_argument("--image-size", type=count(8, 4096), default=224, help="side of the cached square images (px)")
+    parser.add_argument("--image-size", type=image_size, default=224, help="side of the cached square images (px)")
     parser.add_argument("--allow-missing", action="store_true", help="drop (and count) rows whose image is absent")
     parser.add_argument("--label-map", type=Path, help="YAML {ISIC_COLUMN: ham_class or null} overriding the default")
     parser.add_argument("--workers", type=count(1), default=None, help="decoding processes (default: all cores)")

@@ -26,18 +26,13 @@ import numpy as np
 import pandas as pd
 
 from crossderm.defaults import BOOTSTRAP_SEED, CI_LEVEL, MIN_GROUP_IMAGES, N_BOOTSTRAP, REFERENCE_SOURCE
-from crossderm.evaluate.compare import paired_labels
+from crossderm.evaluate.compare import paired_draws, paired_labels
 from crossderm.evaluate.groups import group_values
 from crossderm.evaluate.metrics import (
     HEADLINE_METRICS,
-    bootstrap_confusions,
-    confusion_matrix,
     gap_name,
     interval,
-    metrics_from_confusion,
 )
-from crossderm.evaluate.predictions import source_rng
-from crossderm.labels import CLASSES
 
 # The files of an ablation folder (crossderm.train.ablation writes them, crossderm.report.ablation reads them).
 PLAN_FILE = "ablation.json"
@@ -46,18 +41,6 @@ TABLE_FILE = "ablation.md"
 ABLATION_METRICS: tuple[str, ...] = ("macro_f1", "balanced_accuracy")
 
 Draws = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # points (2,) and resamples (B, 2) per metric
-
-
-def _paired(
-    baseline: pd.DataFrame, variant: pd.DataFrame, key: str, names: tuple[str, str], n_resamples: int, seed: int
-) -> tuple[int, Draws]:
-    """Points and paired resamples of both runs on the rows whose ``source`` is ``key``; index 0 = baseline."""
-    k = len(CLASSES)
-    y, preds = paired_labels(baseline, variant, key, names)
-    present = np.bincount(y, minlength=k) > 0
-    points = metrics_from_confusion(np.stack([confusion_matrix(y, p, k) for p in preds]), present)
-    draws = metrics_from_confusion(bootstrap_confusions(y, preds, k, n_resamples, source_rng(seed, key)), present)
-    return int(y.size), (points, draws)
 
 
 def _delta(points: np.ndarray, draws: np.ndarray, ci: float) -> dict[str, float | None]:
@@ -91,8 +74,8 @@ def paired_deltas(
     per_source: dict[str, dict[str, Any]] = {}
     source_draws: dict[str, Draws] = {}
     for source in sources:
-        n, source_draws[source] = _paired(baseline, variant, source, names, n_resamples, seed)
-        points, draws = source_draws[source]
+        n, points, draws = paired_draws(baseline, variant, source, names, n_resamples, seed)
+        source_draws[source] = points, draws
         per_source[source] = {"n": n, **{m: _delta(points[m], draws[m], ci) for m in ABLATION_METRICS}}
 
     sites: dict[str, dict[str, Any]] = {}
@@ -104,8 +87,8 @@ def paired_deltas(
             if n < MIN_GROUP_IMAGES:
                 sites[key] = {"n": n, "too_few": True}
                 continue
-            n, site_draws[key] = _paired(*keyed, key, names, n_resamples, seed)
-            points, draws = site_draws[key]
+            n, points, draws = paired_draws(*keyed, key, names, n_resamples, seed)
+            site_draws[key] = points, draws
             sites[key] = {"n": n, **{m: _delta(points[m], draws[m], ci) for m in ABLATION_METRICS}}
 
     summary = None
@@ -262,8 +245,11 @@ def render_markdown(results: dict[str, Any], plan: dict[str, Any] | None = None)
     """ablation.md: the variants (their overrides), then the one table and its note."""
     lines = ["# Ablation", ""]
     if plan:
-        lines += [f"{plan['config']} on {plan['data']}, protocol {plan['protocol']}, "
+        fixed = f" with {', '.join(plan['overrides'])}" if plan.get("overrides") else ""
+        lines += [f"{plan['config']}{fixed} on {plan['data']}, protocol {plan['protocol']}, "
                   f"{len(plan['jobs'])} jobs; baseline: {plan['baseline']}.", ""]
+        if any(item.partition("=")[0].strip() == "only_folds" for item in plan.get("overrides", [])):
+            lines += ["**Partial evaluation** (`only_folds`): every figure is on those folds' test images only.", ""]
         for variant in plan["variants"]:
             settings = ", ".join(f"{k}={v}" for k, v in variant["overrides"].items())
             lines.append(f"- {variant['name']}: {settings}")

@@ -66,6 +66,19 @@ def paired_labels(
     return y, preds
 
 
+def paired_draws(
+    first: pd.DataFrame, second: pd.DataFrame, source: str, names: tuple[str, str], n_resamples: int, seed: int
+) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Images, point values (2,) and paired resamples (B, 2) per metric of both tables on one ``source``
+    (index 0 = ``first``); resampled with ``source_rng(seed, source)`` as ``crossderm evaluate`` does."""
+    k = len(CLASSES)
+    y, preds = paired_labels(first, second, source, names)
+    present = np.bincount(y, minlength=k) > 0
+    points = metrics_from_confusion(np.stack([confusion_matrix(y, p, k) for p in preds]), present)
+    draws = metrics_from_confusion(bootstrap_confusions(y, preds, k, n_resamples, source_rng(seed, source)), present)
+    return int(y.size), points, draws
+
+
 def paired_comparison(
     reference_preds: pd.DataFrame,
     other_preds: pd.DataFrame,
@@ -83,17 +96,12 @@ def paired_comparison(
     non-reference source, other run - reference run. Each table has image_id, source, label and one
     probability column per class; ``names`` name the tables in error messages.
     """
-    k = len(CLASSES)
     other_sources = set(other_preds["source"])
     sources = [s for s in pd.unique(reference_preds["source"]) if s in other_sources]
     points: dict[str, dict[str, np.ndarray]] = {}
     draws: dict[str, dict[str, np.ndarray]] = {}
     for source in sources:
-        y, preds = paired_labels(reference_preds, other_preds, source, names)
-        present = np.bincount(y, minlength=k) > 0
-        points[source] = metrics_from_confusion(np.stack([confusion_matrix(y, p, k) for p in preds]), present)
-        resampled = bootstrap_confusions(y, preds, k, n_resamples, source_rng(seed, source))
-        draws[source] = metrics_from_confusion(resampled, present)
+        _, points[source], draws[source] = paired_draws(reference_preds, other_preds, source, names, n_resamples, seed)
     reductions: dict[str, dict[str, Any]] = {}
     if reference_source in points:
         for other in (s for s in sources if s != reference_source):

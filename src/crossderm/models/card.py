@@ -13,13 +13,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from crossderm.colour import ColorConstancy
-from crossderm.defaults import MAX_TTA_VIEWS
+from crossderm.defaults import MAX_IMAGE_SIZE, MAX_TTA_VIEWS, MIN_IMAGE_SIZE
 from crossderm.errors import CrossdermError, validation_message
 from crossderm.fsutil import atomic_write_json, read_json, sha256_file
 from crossderm.labels import CLASSES
 
 MODEL_CARD_FORMAT = "crossderm-model/1"
-MAX_IMAGE_SIZE = 4096
 Channel3 = Annotated[list[float], Field(min_length=3, max_length=3)]
 
 
@@ -33,7 +32,7 @@ class ModelCard(BaseModel):
     fold: int = Field(ge=0)
     model: str = Field(min_length=1)
     classes: list[str]
-    image_size: int = Field(ge=8, le=MAX_IMAGE_SIZE)
+    image_size: int = Field(ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
     mean: Channel3
     std: Channel3
     tta: int = Field(ge=1, le=MAX_TTA_VIEWS)

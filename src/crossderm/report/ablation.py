@@ -68,11 +68,13 @@ def ablation_table(ablation: Ablation) -> Table:
         f"{v['name']}: " + ", ".join(f"{k}={value}" for k, value in v["overrides"].items())
         for v in ablation.plan["variants"]
     )
+    fixed = ablation.plan.get("overrides") or []
+    common = f"All variants: {', '.join(fixed)}. " if fixed else ""
     return Table(
         title=f"Ablation: every variant against {results['baseline']} (protocol {ablation.plan['protocol']})",
         header=TABLE_HEADER,
         rows=table_rows(results),
-        note=f"Variants: {settings}. " + table_note(results),
+        note=f"{common}Variants: {settings}. " + table_note(results),
         text_columns=2,
     )
 

@@ -30,7 +30,7 @@ from crossderm.errors import CrossdermError
 from crossderm.evaluate.ablation_stats import PLAN_FILE, RESULTS_FILE, TABLE_FILE, ablation_results, render_markdown
 from crossderm.fsutil import atomic_write_json, atomic_write_text, read_json
 from crossderm.runfolder import RunFolder
-from crossderm.train.config import ExperimentConfig, build_config, load_config
+from crossderm.train.config import ExperimentConfig, build_config, load_config, training_settings
 
 PLAN_FORMAT = 1
 BASELINE = "baseline"
@@ -239,17 +239,32 @@ def _settings(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in FIXED_KEYS}
 
 
-def _identity(plan: dict[str, Any]) -> dict[str, Any]:
-    """What makes two plans the same ablation (how the config was spelled does not)."""
-    keys = ("data", "protocol", "baseline", "variants", "jobs")
-    return json.loads(json.dumps({key: plan.get(key) for key in keys}))
+def _identity(plan: dict[str, Any], jobs: bool = True) -> dict[str, Any]:
+    """What makes two plans the same ablation (how the config was spelled does not); without ``jobs`` and the
+    variants' ``only_folds``: the same ablation on possibly other folds."""
+    keys = ("data", "protocol", "baseline", "variants", *(("jobs",) if jobs else ()))
+    identity = json.loads(json.dumps({key: plan.get(key) for key in keys}))
+    if not jobs and isinstance(identity.get("variants"), list):
+        identity["variants"] = [{**v, "config": training_settings(v["config"])} if isinstance(v, dict)
+                                and isinstance(v.get("config"), dict) else v for v in identity["variants"]]
+    return identity
+
+
+def _extends(existing: dict[str, Any], plan: dict[str, Any]) -> bool:
+    """``plan`` is ``existing`` on more folds (``only_folds`` widened or dropped): its finished jobs carry over."""
+    def job_keys(raw: dict[str, Any]) -> set[tuple[Any, Any]]:
+        return {(j.get("variant"), j.get("fold")) for j in raw.get("jobs") or [] if isinstance(j, dict)}
+
+    return _identity(existing, jobs=False) == _identity(plan, jobs=False) and job_keys(existing) < job_keys(plan)
 
 
 def write_plan(plan: AblationPlan) -> AblationPlan:
     """Record the plan in ``DIR/ablation.json``; a different plan already there is refused."""
     if plan.path.is_file():
         existing = read_json(plan.path, "")
-        if _identity(existing) != _identity(plan.to_json()):
+        if _extends(existing, plan.to_json()):
+            atomic_write_json(plan.path, plan.to_json())  # job numbers follow the wider plan from now on
+        elif _identity(existing) != _identity(plan.to_json()):
             names = [v.get("name") for v in existing.get("variants", [])]
             raise CrossdermError(
                 f"{plan.path}: this ablation folder was made with a different plan (variants {', '.join(names)}; "

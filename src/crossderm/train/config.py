@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from crossderm.colour import ColorConstancy
 from crossderm.defaults import MAX_TTA_VIEWS
@@ -20,10 +29,7 @@ from crossderm.labels import CLASSES
 from crossderm.train.augment import AugmentConfig
 from crossderm.train.sampler import SAMPLERS
 
-Sampler = Literal[
-    "uniform", "class_balanced", "source_balanced", "source_class_balanced", "site_balanced", "site_class_balanced"
-]
-assert set(Sampler.__args__) == set(SAMPLERS)  # type: ignore[attr-defined]
+Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]  (the names live in crossderm.train.sampler, once)
 
 
 class ExperimentConfig(BaseModel):
@@ -40,6 +46,9 @@ class ExperimentConfig(BaseModel):
     # cv: lesion-grouped folds; loso: hold out one site at a time; site-matrix: train on one site, test the others
     protocol: Literal["cv", "loso", "site-matrix"] = "cv"
     min_site_images: int = Field(100, ge=1)  # a site smaller than this is never held out (loso, site-matrix)
+    # Train and pool only these folds (cv) or jobs (loso, site-matrix); None: all. A budget-sized first look (an
+    # ablation on one fold): the pooled metrics then cover those folds' test images only, and say so.
+    only_folds: list[StrictInt] | None = Field(None, min_length=1)
     # Shades of Gray (p = 6) on every image, from the DATA_DIR cache made by `prepare --color-constancy sog6`
     color_constancy: ColorConstancy = "none"
     # Metadata fusion: age, sex and anatomical site as a second input (crossderm.models.metadata_fusion)
@@ -90,6 +99,13 @@ class ExperimentConfig(BaseModel):
             raise ValueError("sources must be distinct, non-empty names")
         return value
 
+    @field_validator("only_folds")
+    @classmethod
+    def _distinct_folds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(set(value)) != len(value) or min(value) < 0):
+            raise ValueError("must be distinct fold numbers >= 0")
+        return value
+
     @field_validator("held_out_classes")
     @classmethod
     def _known_classes(cls, value: list[str]) -> list[str]:
@@ -107,6 +123,16 @@ class ExperimentConfig(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+
+# Settings that choose which folds run, not how a fold trains: a run (or an ablation) on some folds may be
+# extended to all of them in the same folder, the finished folds kept.
+SCOPE_KEYS = ("only_folds",)
+
+
+def training_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without :data:`SCOPE_KEYS`: what must match for folds to belong to one run."""
+    return {key: value for key, value in config.items() if key not in SCOPE_KEYS}
 
 
 def preset_names() -> list[str]:

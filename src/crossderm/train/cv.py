@@ -34,7 +34,7 @@ from crossderm.fsutil import (
 from crossderm.models.factory import check_model_name
 from crossderm.runfolder import FoldFolder, RunFolder
 from crossderm.runtime import Runtime, barrier, tune_cpu_allocator
-from crossderm.train.config import ExperimentConfig
+from crossderm.train.config import ExperimentConfig, training_settings
 from crossderm.train.engine import has_checkpoint
 from crossderm.train.fold import setup_fold, starting_state, train_fold
 from crossderm.train.outputs import predict_fold
@@ -80,7 +80,7 @@ def environment(runtime: Runtime) -> dict:
 
 def check_same_run(run: RunFolder, config: ExperimentConfig, data_dir: Path) -> None:
     """Once any fold has started, another config or another DATA_DIR for the same run folder is refused (a run
-    that failed before its first epoch may be retried with a corrected one)."""
+    that failed before its first epoch may be retried with a corrected one); only ``only_folds`` may change."""
     if not any(has_checkpoint(f) or f.finished for f in run.folds()):
         return
     if run.config.is_file():
@@ -89,7 +89,9 @@ def check_same_run(run: RunFolder, config: ExperimentConfig, data_dir: Path) -> 
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise CrossdermError(f"{run.config}: not a readable config ({' '.join(str(exc).split())[:120]}); "
                                  "use a new --out") from None
-        if recorded_config != config.to_dict():
+        if not isinstance(recorded_config, dict) or training_settings(recorded_config) != training_settings(
+            config.to_dict()
+        ):
             raise CrossdermError(f"{run.config}: this run folder was made with a different config; use a new --out")
     if run.run_info.is_file():
         recorded = run.read_run_info().get("data")

@@ -118,6 +118,9 @@ def _pool(run: RunFolder, n_bootstrap: int, seed: int, reference_source: str, tr
     config = run.read_config()
     protocol = config.get("protocol", "cv")
     pooled, matrix = pooled_predictions(run, protocol)
+    if config.get("only_folds"):
+        print(f"only_folds {config['only_folds']}: these metrics cover the test images of those folds only, "
+              "not all the data")
     if matrix is not None:
         atomic_write_text(run.site_matrix_predictions, matrix.to_csv(index=False))
     atomic_write_text(run.oof_predictions, pooled.to_csv(index=False))

@@ -52,7 +52,18 @@ def check_sources(manifest: pd.DataFrame, config: ExperimentConfig) -> None:
 
 
 def jobs(manifest: pd.DataFrame, config: ExperimentConfig) -> list[Job]:
-    """The protocol's training jobs, in fold order."""
+    """The protocol's training jobs in fold order; with ``only_folds`` just those (a partial evaluation)."""
+    every = _all_jobs(manifest, config)
+    if config.only_folds is None:
+        return every
+    known = [job.fold for job in every]
+    unknown = [k for k in config.only_folds if k not in known]
+    if unknown:
+        raise CrossdermError(f"only_folds: fold {unknown[0]} does not exist (the {config.protocol} folds: {known})")
+    return [job for job in every if job.fold in config.only_folds]
+
+
+def _all_jobs(manifest: pd.DataFrame, config: ExperimentConfig) -> list[Job]:
     check_sources(manifest, config)
     if config.protocol == "cv":
         return [Job(int(k), f"fold {k}") for k in sorted(manifest["fold"].unique())]
@@ -88,8 +99,8 @@ def job_images(manifest: pd.DataFrame, config: ExperimentConfig, job: Job) -> Jo
     groups = manifest["lesion_group"].to_numpy()
     if config.protocol == "loso":
         held_out = keys == job.site
-        # A lesion photographed at two sites (8 HAM10000 lesions span vidir_modern and vidir_molemax) is left
-        # out of training entirely while one of its sites is held out: the test site's lesions stay unseen.
+        # A lesion photographed at two sites (9 HAM10000 lesions, 26 images, span vidir_modern and vidir_molemax)
+        # is left out of training entirely while one of its sites is held out: the test site's lesions stay unseen.
         seen_at_test_site = np.isin(groups, groups[held_out & testing_sources])
         return JobImages(training_sources & ~held_out & ~seen_at_test_site, held_out & testing_sources, external)
     test_sites = _eligible_sites(manifest, config.test_sources, config.min_site_images)
