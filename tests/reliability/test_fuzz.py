@@ -278,6 +278,19 @@ def physical_lines(content: bytes) -> int:
     return len(LINE_BREAK.split(content.decode("utf-8", errors="replace")))
 
 
+def read_or_refuse(base: Path, name: str, content: bytes, reader: Callable[[Path], Any],
+                   quote_content: bool = True) -> Any:
+    """``content`` as a file ``name`` read by ``reader``; a refusal must be a good one-line error (then None)."""
+    with tempfile.TemporaryDirectory(dir=base) as folder:
+        path = Path(folder) / name
+        path.write_bytes(content)
+        try:
+            return reader(path)
+        except CrossdermError as exc:
+            check_error(exc, [path], content if quote_content else None)
+            return None
+
+
 def check_error(exc: CrossdermError, files: list[Path], content: bytes | None = None) -> None:
     """One line, names one of ``files``; a named line exists in the file."""
     message = str(exc)
@@ -352,14 +365,10 @@ def test_ham10000_reader_hostile(base: Path, data: st.DataObject) -> None:
     fmt = draw_format(data, len(table.rows) + 1)
     content, _ = render(table, fmt)
     content = mutate_bytes(data, content, fmt)
-    with tempfile.TemporaryDirectory(dir=base) as folder:
-        path = Path(folder) / "HAM10000_metadata.csv"
-        path.write_bytes(content)
-        try:
-            result, report = read_ham10000(path)
-        except CrossdermError as exc:
-            check_error(exc, [path], content)
-            return
+    read = read_or_refuse(base, "HAM10000_metadata.csv", content, read_ham10000)
+    if read is None:
+        return
+    result, report = read
     exact = not fmt.bytes_mutated and not ragged and table.has("lesion_id", "image_id", "dx")
     check_ham_result(result, report, table, fmt if exact else None)
 
@@ -683,14 +692,9 @@ def test_sites_reader_hostile(base: Path, data: st.DataObject) -> None:
     ragged = mutate_table(data, table, ["image", "image_id", "site", "center", "fold"])
     fmt = draw_format(data, len(table.rows) + 1)
     content = mutate_bytes(data, render(table, fmt)[0], fmt)
-    with tempfile.TemporaryDirectory(dir=base) as folder:
-        path = Path(folder) / "sites.csv"
-        path.write_bytes(content)
-        try:
-            sites = read_sites(path)
-        except CrossdermError as exc:
-            check_error(exc, [path], content)
-            return
+    sites = read_or_refuse(base, "sites.csv", content, read_sites)
+    if sites is None:
+        return
     assert all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in sites.items()), sites
     if flamby and "center" in table.names() and "site" not in table.names():
         assert set(sites.values()) <= set(FLAMBY_CENTERS.values())
@@ -782,14 +786,9 @@ def test_predictions_loader_hostile(base: Path, data: st.DataObject) -> None:
     fmt = draw_format(data, len(table.rows) + 1)
     fmt.pad = False  # the predictions loader does not strip labels: " nv" is refused, on purpose
     content = mutate_bytes(data, render(table, fmt)[0], fmt)
-    with tempfile.TemporaryDirectory(dir=base) as folder:
-        path = Path(folder) / "predictions.csv"
-        path.write_bytes(content)
-        try:
-            result = read_predictions(path)
-        except CrossdermError as exc:
-            check_error(exc, [path], content)
-            return
+    result = read_or_refuse(base, "predictions.csv", content, read_predictions)
+    if result is None:
+        return
     exact = not ragged and not fmt.bytes_mutated and table.has("image_id", "label")
     check_predictions(result, table, fmt if exact else None)
 
@@ -902,14 +901,9 @@ def test_config_file(base: Path, data: st.DataObject) -> None:
     content = text.encode("utf-8", errors="replace")
     fmt = Format()
     content = mutate_bytes(data, content, fmt)
-    with tempfile.TemporaryDirectory(dir=base) as folder:
-        path = Path(folder) / "experiment.yaml"
-        path.write_bytes(content)
-        try:
-            config = load_config(path)
-        except CrossdermError as exc:
-            check_error(exc, [path])
-            return
+    config = read_or_refuse(base, "experiment.yaml", content, load_config, quote_content=False)
+    if config is None:
+        return
     check_config(config)
 
 
