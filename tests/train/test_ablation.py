@@ -296,3 +296,20 @@ def test_an_ablation_on_one_fold_pairs_that_folds_images_says_so_and_extends_to_
     # narrowing it again is another plan
     assert main([*plan_args(synth_prepared, out), "--set", "only_folds=[3]"]) == 2
     assert "made with a different plan" in capsys.readouterr().err
+
+
+def test_an_extended_ablation_pools_every_fold_of_a_variant_whose_folds_were_already_there(
+    synth_prepared: Path, ablated: Path, tmp_path: Path
+) -> None:
+    """The baseline's other folds taken from an identical earlier run: no job rewrites its run.json, and the
+    table must still pair all five folds (it refused with 'predict different ham images' before)."""
+    out = tmp_path / "reused"
+    assert main([*plan_args(synth_prepared, out), "--set", "only_folds=[3]"]) == 0
+    for fold in (0, 1, 2, 4):
+        shutil.copytree(ablated / "baseline" / f"fold_{fold}", out / "baseline" / f"fold_{fold}")
+    assert main(plan_args(synth_prepared, out)) == 0
+    assert RunFolder(out / "baseline").read_run_info()["folds"] == list(range(FOLDS))
+    assert "only_folds" not in (out / "baseline" / "config.yaml").read_text().replace("only_folds: null", "")
+    extended, _ = results_files(out)
+    full, _ = results_files(ablated)
+    assert extended["sources"] == full["sources"] and extended["sites"] == full["sites"]

@@ -378,9 +378,10 @@ def pool_all(
     plan: AblationPlan, n_bootstrap: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED,
     reference_source: str = REFERENCE_SOURCE,
 ) -> dict[str, Any]:
-    """Pool every variant (unless already pooled with these settings), then write ``DIR/ablation_results.json``
-    and ``DIR/ablation.md``; returns the results."""
+    """Pool every variant over the plan's folds (unless already pooled with these settings), then write
+    ``DIR/ablation_results.json`` and ``DIR/ablation.md``; returns the results."""
     from crossderm.evaluate.predictions import load_predictions
+    from crossderm.train.cv import record_scope
     from crossderm.train.pooling import pool
 
     missing = plan.missing()
@@ -393,7 +394,8 @@ def pool_all(
     predictions, metrics = {}, {}
     for variant in plan.variants:
         run = RunFolder(plan.run_dir(variant.name))
-        if not _pooled(run, n_bootstrap, seed, reference_source):
+        rescoped = record_scope(run, plan.experiment(variant.name), Path(plan.data))
+        if rescoped or not _pooled(run, n_bootstrap, seed, reference_source):
             print(f"pooling {variant.name}")
             pool(run.path, n_bootstrap=n_bootstrap, seed=seed, reference_source=reference_source)
         predictions[variant.name] = load_predictions(run.oof_predictions)

@@ -100,6 +100,28 @@ def check_same_run(run: RunFolder, config: ExperimentConfig, data_dir: Path) -> 
                                  f"{data_dir.absolute()}; use a new --out")
 
 
+def scope_fields(jobs: list[Job]) -> dict:
+    """The fields of ``run.json`` that say which folds the run has (what ``pool`` waits for and pools)."""
+    return {
+        "folds": [job.fold for job in jobs],
+        "jobs": {str(job.fold): job.name for job in jobs},
+        "job_sites": {str(job.fold): job.site for job in jobs if job.site is not None},
+    }
+
+
+def record_scope(run: RunFolder, config: ExperimentConfig, data_dir: Path) -> bool:
+    """Rewrite ``run``'s config and folds for ``config`` (an ``only_folds`` widened after its folds were all
+    there, so no training call rewrote them); True if they changed, so the run must be pooled again."""
+    fields = scope_fields(jobs(load_dataset(data_dir).manifest, config))
+    info = run.read_run_info()
+    if all(info.get(key) == value for key, value in fields.items()):
+        return False
+    check_same_run(run, config, data_dir)
+    atomic_write_text(run.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    atomic_write_json(run.run_info, {**info, **fields})
+    return True
+
+
 def _write_run_files(
     run: RunFolder, config: ExperimentConfig, data_dir: Path, jobs: list[Job], runtime: Runtime, parameters: int
 ) -> None:
@@ -113,9 +135,7 @@ def _write_run_files(
             "experiment": config.name,
             "data": str(data_dir.absolute()),
             "protocol": config.protocol,
-            "folds": [job.fold for job in jobs],
-            "jobs": {str(job.fold): job.name for job in jobs},
-            "job_sites": {str(job.fold): job.site for job in jobs if job.site is not None},
+            **scope_fields(jobs),
             "parameters": parameters,
             "environment": environment(runtime),
         },
